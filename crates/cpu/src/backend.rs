@@ -1,0 +1,209 @@
+//! `Backend` for the host: weights stay zero-copy in the GGUF mapping, activations are `Vec<f32>`.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use kestrel_engine::{AttnGeom, Backend, StepInfo, WeightRef, KV_BLOCK};
+use kestrel_gguf::{GgmlType, GgufFile};
+use kestrel_model::{FfnKind, RopeSpec};
+use rayon::prelude::*;
+
+use crate::ops::act::{gated, gelu, silu};
+use crate::ops::attention::{attention, AttnRows, Geometry, KvPool};
+use crate::ops::matmul::{dequantize_rows, matmul, WeightMatrix};
+use crate::ops::norm::rms_norm;
+use crate::ops::rope::rope_row;
+
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A weight: quantized matrices stay in the mapping; small f32 vectors (norms, biases) are
+/// decoded once.
+pub struct CpuWeight {
+    file: Arc<GgufFile>,
+    range: std::ops::Range<usize>,
+    ty: GgmlType,
+    cols: usize,
+    rows: usize,
+    /// Dequantized copy for 1-D tensors.
+    vec: Vec<f32>,
+}
+
+impl CpuWeight {
+    fn matrix(&self) -> WeightMatrix<'_> {
+        WeightMatrix {
+            ty: self.ty,
+            data: &self.file.bytes()[self.range.clone()],
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+}
+
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub struct CpuStep {
+    info: StepInfo,
+}
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Tensor = CpuTensor;
+    type Kv = KvPool;
+    type Step = CpuStep;
+
+    fn name(&self) -> String {
+        format!("CPU ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, w: WeightRef) -> anyhow::Result<CpuWeight> {
+        let cols = w.shape[0] as usize;
+        let rows = w.shape[1..].iter().product::<u64>() as usize;
+        let mut vec = Vec::new();
+        if w.shape.len() == 1 {
+            vec = vec![0f32; cols];
+            kestrel_gguf::quant::dequantize(w.ty, w.data(), &mut vec)
+                .map_err(|e| anyhow::anyhow!("cannot decode {}: {e}", w.name))?;
+        } else if !crate::ops::matmul::supports(w.ty) {
+            bail!("weight type {} is not supported by the CPU backend", w.ty);
+        }
+        Ok(CpuWeight {
+            file: w.file.clone(),
+            range: w.range.clone(),
+            ty: w.ty,
+            cols,
+            rows,
+            vec,
+        })
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> CpuTensor {
+        CpuTensor {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        }
+    }
+
+    fn alloc_kv(&self, n_slots: usize, kv_dim: usize) -> anyhow::Result<KvPool> {
+        Ok(KvPool::new(n_slots, kv_dim))
+    }
+
+    fn begin_step(&self, step: &StepInfo) -> CpuStep {
+        CpuStep { info: step.clone() }
+    }
+
+    fn embed(&self, table: &CpuWeight, step: &CpuStep, scale: f32, out: &mut CpuTensor) {
+        dequantize_rows(&table.matrix(), &step.info.tokens, &mut out.data);
+        if scale != 1.0 {
+            out.data.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: Option<&CpuWeight>, width: usize, eps: f32, out: &mut CpuTensor) {
+        let w = w.map(|w| w.vec.as_slice());
+        x.data
+            .par_chunks(x.cols)
+            .zip(out.data.par_chunks_mut(x.cols))
+            .for_each(|(xr, or)| rms_norm(xr, w, width, eps, or));
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &CpuTensor, out: &mut CpuTensor) {
+        matmul(&w.matrix(), &x.data, x.rows, &mut out.data);
+    }
+
+    fn add_bias(&self, x: &mut CpuTensor, bias: &CpuWeight) {
+        for row in x.data.chunks_exact_mut(x.cols) {
+            row.iter_mut().zip(&bias.vec).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    fn rope(&self, x: &mut CpuTensor, head_dim: usize, rope: &RopeSpec, factors: Option<&CpuWeight>, step: &CpuStep) {
+        let factors = if rope.freq_factors.is_some() { factors.map(|f| f.vec.as_slice()) } else { None };
+        let cols = x.cols;
+        x.data
+            .par_chunks_mut(cols)
+            .zip(&step.info.positions)
+            .for_each(|(row, &pos)| {
+                rope_row(row, head_dim, rope.n_rot, rope.base, rope.freq_scale, rope.neox, factors, pos)
+            });
+    }
+
+    fn kv_write(&self, k: &CpuTensor, v: &CpuTensor, kv: &mut KvPool, step: &CpuStep) {
+        for (t, &slot) in step.info.slots.iter().enumerate() {
+            let r = t * k.cols..(t + 1) * k.cols;
+            kv.write(slot as usize, &k.data[r.clone()], &v.data[r]);
+        }
+    }
+
+    fn attention(&self, q: &CpuTensor, kv: &KvPool, g: AttnGeom, step: &CpuStep, out: &mut CpuTensor) {
+        let rows = AttnRows {
+            positions: &step.info.positions,
+            seq_index: &step.info.seq_index,
+            block_tables: &step.info.block_tables,
+            block_size: KV_BLOCK,
+        };
+        let geom = Geometry {
+            n_head: g.n_head,
+            n_kv_head: g.n_kv_head,
+            head_dim: g.head_dim,
+            window: g.window,
+            scale: g.scale,
+        };
+        attention(&q.data, kv, &geom, &rows, &mut out.data);
+    }
+
+    fn gated_act(&self, gate: &mut CpuTensor, up: &CpuTensor, kind: FfnKind) {
+        let act = match kind {
+            FfnKind::SiluGated => silu,
+            FfnKind::GeluTanhGated => gelu,
+        };
+        gate.data
+            .par_chunks_mut(4096)
+            .zip(up.data.par_chunks(4096))
+            .for_each(|(g, u)| gated(g, u, act));
+    }
+
+    fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {
+        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+    }
+
+    fn scale_by(&self, x: &mut CpuTensor, s: &CpuWeight) {
+        let s = s.vec[0];
+        x.data.iter_mut().for_each(|v| *v *= s);
+    }
+
+    fn gather_logit_rows(&self, x: &CpuTensor, step: &CpuStep, out: &mut CpuTensor) {
+        for (o, &r) in out.data.chunks_exact_mut(x.cols).zip(&step.info.logit_rows) {
+            let r = r as usize;
+            o.copy_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+    }
+
+    fn softcap(&self, x: &mut CpuTensor, cap: f32) {
+        x.data.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+
+    fn copy(&self, src: &CpuTensor, dst: &mut CpuTensor) {
+        dst.data.copy_from_slice(&src.data);
+    }
+
+    fn read(&self, x: &CpuTensor) -> Vec<f32> {
+        x.data.clone()
+    }
+}

@@ -1,0 +1,57 @@
+//! Rotary position embedding. Angles follow ggml: theta_i = pos * base^(-2i/n_rot), built by
+//! repeated f32 multiplication, divided by the optional freq factor, times `freq_scale`.
+
+/// Rotate every head (runs of `head_dim`) of one token's row at position `pos`.
+pub fn rope_row(
+    row: &mut [f32],
+    head_dim: usize,
+    n_rot: usize,
+    base: f32,
+    freq_scale: f32,
+    neox: bool,
+    factors: Option<&[f32]>,
+    pos: u32,
+) {
+    let half = n_rot / 2;
+    let mut cos = vec![0f32; half];
+    let mut sin = vec![0f32; half];
+    let theta_scale = base.powf(-2.0 / n_rot as f32);
+    let mut theta = pos as f32;
+    for i in 0..half {
+        let ff = factors.map_or(1.0, |f| f[i]);
+        let t = freq_scale * (theta / ff);
+        cos[i] = t.cos();
+        sin[i] = t.sin();
+        theta *= theta_scale;
+    }
+    for head in row.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos[i] - x1 * sin[i];
+            head[b] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_zero_is_identity_and_norm_is_kept() {
+        let x: Vec<f32> = (0..32).map(|i| i as f32 * 0.1 - 1.0).collect();
+        let mut y = x.clone();
+        rope_row(&mut y, 16, 16, 10000.0, 1.0, true, None, 0);
+        assert_eq!(x, y);
+        for neox in [true, false] {
+            let mut y = x.clone();
+            rope_row(&mut y, 16, 12, 10000.0, 1.0, neox, None, 37);
+            let n0: f32 = x.iter().map(|v| v * v).sum();
+            let n1: f32 = y.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-4);
+            // dims at or above n_rot pass through
+            assert_eq!(&x[12..16], &y[12..16]);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The one interface between the generic decoder and the devices. A backend runs ops on its own
+//! tensors and holds no model logic: which ops run, in what order, is `forward.rs`'s business.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use kestrel_gguf::{GgmlType, GgufFile};
+use kestrel_model::{FfnKind, RopeSpec};
+
+/// A weight as stored in the GGUF file (block format, ggml shape `[in, out]`). The file handle
+/// lets a host backend keep zero-copy views into the mapping.
+#[derive(Clone)]
+pub struct WeightRef<'a> {
+    pub name: &'a str,
+    pub ty: GgmlType,
+    pub shape: &'a [u64],
+    pub file: &'a Arc<GgufFile>,
+    /// Byte range of the data within `file.bytes()`.
+    pub range: Range<usize>,
+}
+
+impl WeightRef<'_> {
+    pub fn data(&self) -> &[u8] {
+        &self.file.bytes()[self.range.clone()]
+    }
+}
+
+/// Per-step metadata, written once per forward so kernels read positions and KV slots from
+/// backend memory (a captured GPU graph replays with no parameter updates).
+#[derive(Clone, Debug, Default)]
+pub struct StepInfo {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<u32>,
+    /// KV slot each token's K/V is written to.
+    pub slots: Vec<u32>,
+    /// Index into `block_tables` of each token's sequence.
+    pub seq_index: Vec<u32>,
+    /// Per sequence in the step: the KV block of each of its positions' blocks.
+    pub block_tables: Vec<Vec<u32>>,
+    /// Rows (token indices) whose logits are wanted, in output order.
+    pub logit_rows: Vec<u32>,
+}
+
+pub const KV_BLOCK: usize = 16;
+
+/// Geometry of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnGeom {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+pub trait Backend {
+    /// A weight resident on the device.
+    type Weight;
+    /// A row-major f32 matrix of activations `[rows, cols]`.
+    type Tensor;
+    /// One layer's K and V pools (`n_slots` × kv_dim each).
+    type Kv;
+    /// The step's metadata in device memory.
+    type Step;
+
+    fn name(&self) -> String;
+    fn upload(&self, w: WeightRef) -> anyhow::Result<Self::Weight>;
+    fn alloc(&self, rows: usize, cols: usize) -> Self::Tensor;
+    fn alloc_kv(&self, n_slots: usize, kv_dim: usize) -> anyhow::Result<Self::Kv>;
+    fn begin_step(&self, step: &StepInfo) -> Self::Step;
+
+    /// out[t] = table[token t] * scale
+    fn embed(&self, table: &Self::Weight, step: &Self::Step, scale: f32, out: &mut Self::Tensor);
+    /// RMS norm over each run of `width` values (width < cols normalises per head), times `w`.
+    fn rms_norm(&self, x: &Self::Tensor, w: Option<&Self::Weight>, width: usize, eps: f32, out: &mut Self::Tensor);
+    /// out = x · Wᵀ (W stored `[in, out]` in ggml order).
+    fn matmul(&self, w: &Self::Weight, x: &Self::Tensor, out: &mut Self::Tensor);
+    fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Weight);
+    /// Rotate each head of `x` (heads of `head_dim` values) at the step's positions.
+    fn rope(&self, x: &mut Self::Tensor, head_dim: usize, rope: &RopeSpec, factors: Option<&Self::Weight>, step: &Self::Step);
+    /// Store each token's K and V row at its slot.
+    fn kv_write(&self, k: &Self::Tensor, v: &Self::Tensor, kv: &mut Self::Kv, step: &Self::Step);
+    /// Causal (optionally windowed) attention of each token over its sequence's cached K/V.
+    fn attention(&self, q: &Self::Tensor, kv: &Self::Kv, geom: AttnGeom, step: &Self::Step, out: &mut Self::Tensor);
+    /// gate = act(gate) * up
+    fn gated_act(&self, gate: &mut Self::Tensor, up: &Self::Tensor, kind: FfnKind);
+    /// x += y
+    fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
+    /// x *= s[0] (a one-element weight)
+    fn scale_by(&self, x: &mut Self::Tensor, s: &Self::Weight);
+    /// out = the step's logit rows of x
+    fn gather_logit_rows(&self, x: &Self::Tensor, step: &Self::Step, out: &mut Self::Tensor);
+    /// x = cap * tanh(x / cap)
+    fn softcap(&self, x: &mut Self::Tensor, cap: f32);
+    fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor);
+    /// Read a tensor back to the host.
+    fn read(&self, x: &Self::Tensor) -> Vec<f32>;
+}

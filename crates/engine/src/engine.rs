@@ -1,0 +1,208 @@
+//! A loaded model with its KV pool: sequences come and go, and every step — a prompt, one
+//! decode token, or tokens of many sequences at once — is one `step` call into `forward`.
+
+use std::sync::Arc;
+
+use kestrel_gguf::GgufFile;
+use kestrel_model::ModelSpec;
+
+use crate::backend::{Backend, StepInfo, KV_BLOCK};
+use crate::forward::forward;
+use crate::kv::{BlockPool, SeqCache};
+use crate::weights::{self, Weights};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the context is full: sequence needs {need} tokens, the limit is {limit}")]
+    ContextFull { need: usize, limit: usize },
+    #[error("out of KV cache blocks ({free} free, {need} needed)")]
+    OutOfBlocks { need: usize, free: usize },
+    #[error("unknown sequence {0}")]
+    UnknownSeq(usize),
+    #[error("token id {token} is outside the vocabulary ({n_vocab})")]
+    BadToken { token: u32, n_vocab: usize },
+}
+
+pub type SeqId = usize;
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Most tokens one sequence may hold.
+    pub n_ctx: usize,
+    /// Tokens the whole KV pool holds (all sequences together).
+    pub kv_tokens: usize,
+}
+
+/// One token of a step.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchEntry {
+    pub seq: SeqId,
+    pub token: u32,
+    pub logits: bool,
+}
+
+pub struct Engine<B: Backend> {
+    pub backend: B,
+    pub spec: ModelSpec,
+    pub config: EngineConfig,
+    weights: Weights<B::Weight>,
+    /// Per layer: its K/V pool, or None for layers that read another layer's cache.
+    kv: Vec<Option<B::Kv>>,
+    pool: BlockPool,
+    seqs: Vec<Option<SeqCache>>,
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn load(
+        backend: B,
+        spec: ModelSpec,
+        file: &Arc<GgufFile>,
+        config: EngineConfig,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> anyhow::Result<Self> {
+        let weights = weights::load(&backend, &spec, file, progress)?;
+        let n_blocks = config.kv_tokens.div_ceil(KV_BLOCK).max(1);
+        let kv = spec
+            .layers
+            .iter()
+            .map(|l| match l.kv_source {
+                Some(_) => Ok(None),
+                None => backend.alloc_kv(n_blocks * KV_BLOCK, l.kv_dim()).map(Some),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Engine {
+            backend,
+            spec,
+            config,
+            weights,
+            kv,
+            pool: BlockPool::new(n_blocks),
+            seqs: Vec::new(),
+        })
+    }
+
+    pub fn new_seq(&mut self) -> SeqId {
+        match self.seqs.iter().position(Option::is_none) {
+            Some(i) => {
+                self.seqs[i] = Some(SeqCache::default());
+                i
+            }
+            None => {
+                self.seqs.push(Some(SeqCache::default()));
+                self.seqs.len() - 1
+            }
+        }
+    }
+
+    pub fn free_seq(&mut self, id: SeqId) {
+        if let Some(Some(mut s)) = self.seqs.get_mut(id).map(Option::take) {
+            s.release_all(&mut self.pool);
+        }
+    }
+
+    pub fn seq_len(&self, id: SeqId) -> usize {
+        self.seqs.get(id).and_then(Option::as_ref).map_or(0, |s| s.len)
+    }
+
+    /// Drop a sequence's tokens from `len` on (chat turns reuse the cached history).
+    pub fn truncate_seq(&mut self, id: SeqId, len: usize) {
+        if let Some(Some(s)) = self.seqs.get_mut(id) {
+            s.truncate(len, &mut self.pool);
+        }
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.pool.n_free()
+    }
+
+    pub fn total_blocks(&self) -> usize {
+        self.pool.n_blocks()
+    }
+
+    /// Append the entries' tokens to their sequences and return the logits of the entries
+    /// marked `logits`, in order. On error no sequence changes.
+    pub fn step(&mut self, entries: &[BatchEntry]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let info = self.plan(entries)?;
+        let step = self.backend.begin_step(&info);
+        let n_logits = info.logit_rows.len();
+        let logits = forward(
+            &self.backend,
+            &self.spec,
+            &self.weights,
+            &mut self.kv,
+            &step,
+            entries.len(),
+            n_logits,
+        );
+        let flat = self.backend.read(&logits);
+        Ok(flat.chunks_exact(self.spec.n_vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Positions and slots for a step; reserves blocks (all or nothing).
+    fn plan(&mut self, entries: &[BatchEntry]) -> Result<StepInfo, EngineError> {
+        let mut info = StepInfo::default();
+        let mut order: Vec<SeqId> = Vec::new();
+        let mut added: Vec<usize> = Vec::new();
+        for e in entries {
+            if e.token as usize >= self.spec.n_vocab {
+                return Err(EngineError::BadToken {
+                    token: e.token,
+                    n_vocab: self.spec.n_vocab,
+                });
+            }
+            if !matches!(self.seqs.get(e.seq), Some(Some(_))) {
+                return Err(EngineError::UnknownSeq(e.seq));
+            }
+            let k = match order.iter().position(|&s| s == e.seq) {
+                Some(k) => k,
+                None => {
+                    order.push(e.seq);
+                    added.push(0);
+                    order.len() - 1
+                }
+            };
+            added[k] += 1;
+        }
+        let mut need_blocks = 0;
+        for (&s, &n) in order.iter().zip(&added) {
+            let seq = self.seqs[s].as_ref().expect("checked");
+            let new_len = seq.len + n;
+            if new_len > self.config.n_ctx {
+                return Err(EngineError::ContextFull {
+                    need: new_len,
+                    limit: self.config.n_ctx,
+                });
+            }
+            need_blocks += new_len.div_ceil(KV_BLOCK).saturating_sub(seq.blocks.len());
+        }
+        if need_blocks > self.pool.n_free() {
+            return Err(EngineError::OutOfBlocks {
+                need: need_blocks,
+                free: self.pool.n_free(),
+            });
+        }
+        for (&s, &n) in order.iter().zip(&added) {
+            let seq = self.seqs[s].as_mut().expect("checked");
+            let ok = seq.reserve(seq.len + n, &mut self.pool);
+            debug_assert!(ok);
+        }
+        for (i, e) in entries.iter().enumerate() {
+            let k = order.iter().position(|&s| s == e.seq).expect("seen");
+            let seq = self.seqs[e.seq].as_mut().expect("checked");
+            let pos = seq.len;
+            seq.len += 1;
+            info.tokens.push(e.token);
+            info.positions.push(pos as u32);
+            info.slots.push(seq.slot(pos));
+            info.seq_index.push(k as u32);
+            if e.logits {
+                info.logit_rows.push(i as u32);
+            }
+        }
+        info.block_tables = order
+            .iter()
+            .map(|&s| self.seqs[s].as_ref().expect("checked").blocks.clone())
+            .collect();
+        Ok(info)
+    }
+}

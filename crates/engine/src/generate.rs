@@ -1,0 +1,248 @@
+//! The generation loop for one sequence: prompt in chunks, then sample token by token until an
+//! end-of-generation token, a stop string, or the token limit.
+
+use std::time::{Duration, Instant};
+
+use kestrel_tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::backend::Backend;
+use crate::engine::{BatchEntry, Engine, EngineError, SeqId};
+use crate::sampler::{top_logprobs, Sampler, SamplerParams};
+
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampler: SamplerParams,
+    pub stop: Vec<String>,
+    /// How many top candidates to report per generated token (0 = none).
+    pub top_logprobs: usize,
+    /// Prompt tokens per forward call (bounds scratch memory).
+    pub ubatch: usize,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 128,
+            sampler: SamplerParams::default(),
+            stop: vec![],
+            top_logprobs: 0,
+            ubatch: 512,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StepLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub logprobs: Vec<StepLogprobs>,
+    pub prompt_time: Duration,
+    pub gen_time: Duration,
+}
+
+impl Generation {
+    pub fn prompt_tps(&self) -> f64 {
+        self.prompt_ids.len() as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    /// Decode speed: tokens after the first (the first comes from the prompt pass).
+    pub fn gen_tps(&self) -> f64 {
+        self.generated_ids.len().saturating_sub(1) as f64 / self.gen_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Run the prompt through `seq` (appending to what it already holds) and generate.
+/// `on_text` receives each new piece of text as it becomes final; returning false stops.
+pub fn generate<B: Backend>(
+    engine: &mut Engine<B>,
+    tok: &Tokenizer,
+    seq: SeqId,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation, EngineError> {
+    let start_len = engine.seq_len(seq);
+    let need = start_len + prompt.len() + 1;
+    if need > engine.config.n_ctx {
+        return Err(EngineError::ContextFull {
+            need,
+            limit: engine.config.n_ctx,
+        });
+    }
+    let mut sampler = Sampler::new(params.sampler.clone());
+    for &t in prompt {
+        sampler.accept(t);
+    }
+
+    let t0 = Instant::now();
+    let mut logits = Vec::new();
+    let ubatch = params.ubatch.max(1);
+    for (ci, chunk) in prompt.chunks(ubatch).enumerate() {
+        let last_chunk = (ci + 1) * ubatch >= prompt.len();
+        let entries: Vec<BatchEntry> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &token)| BatchEntry {
+                seq,
+                token,
+                logits: last_chunk && i + 1 == chunk.len(),
+            })
+            .collect();
+        if let Some(l) = engine.step(&entries)?.pop() {
+            logits = l;
+        }
+    }
+    let prompt_time = t0.elapsed();
+
+    let t1 = Instant::now();
+    let mut out = Generation {
+        prompt_ids: prompt.to_vec(),
+        generated_ids: vec![],
+        text: String::new(),
+        finish: FinishReason::Length,
+        logprobs: vec![],
+        prompt_time,
+        gen_time: Duration::ZERO,
+    };
+    let mut dec = StreamDecoder::new(tok, false);
+    let mut pending = String::new();
+    let max_stop = params.stop.iter().map(String::len).max().unwrap_or(0);
+    while out.generated_ids.len() < params.max_tokens && !logits.is_empty() {
+        let token = sampler.sample(&logits);
+        sampler.accept(token);
+        if params.top_logprobs > 0 {
+            let top = top_logprobs(&logits, params.top_logprobs);
+            let lp = top_logprobs_of(&logits, token);
+            out.logprobs.push(StepLogprobs {
+                token,
+                logprob: lp,
+                top,
+            });
+        }
+        if tok.is_eog(token) {
+            out.finish = FinishReason::Stop;
+            break;
+        }
+        out.generated_ids.push(token);
+        pending.push_str(&dec.push(token));
+
+        if let Some((at, _)) = find_stop(&pending, &params.stop) {
+            pending.truncate(at);
+            emit(&mut out.text, &mut pending, pending.len(), on_text);
+            out.finish = FinishReason::Stop;
+            break;
+        }
+        // Hold back a tail that could still become a stop string.
+        let keep = if max_stop > 0 { held_back(&pending, &params.stop) } else { 0 };
+        if !emit(&mut out.text, &mut pending, pending.len() - keep, on_text) {
+            out.finish = FinishReason::Cancelled;
+            break;
+        }
+        if out.generated_ids.len() >= params.max_tokens {
+            break;
+        }
+        logits = engine
+            .step(&[BatchEntry {
+                seq,
+                token,
+                logits: true,
+            }])?
+            .pop()
+            .unwrap_or_default();
+    }
+    if out.finish != FinishReason::Cancelled {
+        pending.push_str(&dec.finish());
+        if out.finish == FinishReason::Length {
+            if let Some((at, _)) = find_stop(&pending, &params.stop) {
+                pending.truncate(at);
+                out.finish = FinishReason::Stop;
+            }
+        }
+        let n = pending.len();
+        emit(&mut out.text, &mut pending, n, on_text);
+    }
+    out.gen_time = t1.elapsed();
+    Ok(out)
+}
+
+fn top_logprobs_of(logits: &[f32], token: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    logits[token as usize] - lse
+}
+
+/// Move the first `n` bytes of `pending` to `text` and the callback.
+fn emit(text: &mut String, pending: &mut String, n: usize, on_text: &mut dyn FnMut(&str) -> bool) -> bool {
+    if n == 0 {
+        return true;
+    }
+    let piece: String = pending.drain(..n).collect();
+    text.push_str(&piece);
+    on_text(&piece)
+}
+
+fn find_stop(s: &str, stops: &[String]) -> Option<(usize, usize)> {
+    stops
+        .iter()
+        .filter(|st| !st.is_empty())
+        .filter_map(|st| s.find(st.as_str()).map(|at| (at, st.len())))
+        .min()
+}
+
+/// Length of the longest suffix of `s` that is a proper prefix of some stop string.
+fn held_back(s: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for st in stops {
+        for (i, _) in s.char_indices() {
+            let tail = &s[i..];
+            if tail.len() < st.len() && st.starts_with(tail) {
+                best = best.max(tail.len());
+                break;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_and_prefixes_held() {
+        let stops = vec!["</end>".to_string(), "\n\n".to_string()];
+        assert_eq!(find_stop("abc</end>x", &stops), Some((3, 6)));
+        assert_eq!(held_back("abc</e", &stops), 3);
+        assert_eq!(held_back("abc\n", &stops), 1);
+        assert_eq!(held_back("abc", &stops), 0);
+    }
+}

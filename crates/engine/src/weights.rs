@@ -1,0 +1,116 @@
+//! Uploading a spec's tensors to a backend, once, at load.
+
+use std::sync::Arc;
+
+use kestrel_gguf::GgufFile;
+use kestrel_model::{LayerTensors, ModelSpec, ModelTensors};
+
+use crate::backend::{Backend, WeightRef};
+
+pub struct LayerWeights<W> {
+    pub attn_norm: W,
+    pub wq: W,
+    pub wk: Option<W>,
+    pub wv: Option<W>,
+    pub wo: W,
+    pub bq: Option<W>,
+    pub bk: Option<W>,
+    pub bv: Option<W>,
+    pub q_norm: Option<W>,
+    pub k_norm: Option<W>,
+    pub post_attn_norm: Option<W>,
+    pub ffn_norm: W,
+    pub gate: W,
+    pub up: W,
+    pub down: W,
+    pub post_ffn_norm: Option<W>,
+    pub out_scale: Option<W>,
+}
+
+pub struct Weights<W> {
+    pub token_embd: W,
+    pub output_norm: W,
+    /// None when tied to `token_embd`.
+    pub output: Option<W>,
+    pub rope_freqs: Option<W>,
+    pub layers: Vec<LayerWeights<W>>,
+}
+
+impl<W> Weights<W> {
+    pub fn output(&self) -> &W {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+}
+
+/// Check every tensor the spec needs, then upload them. `progress` gets (done, total) bytes.
+pub fn load<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    f: &Arc<GgufFile>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Weights<B::Weight>> {
+    let names = ModelTensors::new(spec);
+    names.check(spec, f)?;
+    let total = f.data_bytes();
+    let mut done = 0u64;
+    let mut up = |name: &str| -> anyhow::Result<B::Weight> {
+        let t = f
+            .tensor(name)
+            .ok_or_else(|| anyhow::anyhow!("missing tensor {name:?}"))?;
+        let w = backend
+            .upload(WeightRef {
+                name,
+                ty: t.ty,
+                shape: &t.shape,
+                file: f,
+                range: {
+                    let start = (f.data_offset + t.offset) as usize;
+                    start..start + t.size as usize
+                },
+            })
+            .map_err(|e| e.context(format!("uploading tensor {name:?} ({})", t.ty)))?;
+        done += t.size;
+        progress(done, total);
+        Ok(w)
+    };
+    let mut opt = |name: &Option<String>| -> anyhow::Result<Option<B::Weight>> { name.as_deref().map(&mut up).transpose() };
+    let rope_name = spec.layers.iter().find_map(|l| l.rope.freq_factors.clone());
+    let rope_freqs = opt(&rope_name)?;
+    let mut layers = Vec::with_capacity(spec.n_layer());
+    for t in &names.layers {
+        layers.push(load_layer(t, &mut up)?);
+    }
+    Ok(Weights {
+        token_embd: up(&names.token_embd)?,
+        output_norm: up(&names.output_norm)?,
+        output: if spec.tied_output { None } else { Some(up(&names.output)?) },
+        rope_freqs,
+        layers,
+    })
+}
+
+fn load_layer<W>(t: &LayerTensors, up: &mut dyn FnMut(&str) -> anyhow::Result<W>) -> anyhow::Result<LayerWeights<W>> {
+    let mut opt = |n: &Option<String>| -> anyhow::Result<Option<W>> { n.as_deref().map(&mut *up).transpose() };
+    let (wk, wv, bq, bk, bv) = (opt(&t.wk)?, opt(&t.wv)?, opt(&t.bq)?, opt(&t.bk)?, opt(&t.bv)?);
+    let (q_norm, k_norm) = (opt(&t.q_norm)?, opt(&t.k_norm)?);
+    let (post_attn_norm, post_ffn_norm, out_scale) = (opt(&t.post_attn_norm)?, opt(&t.post_ffn_norm)?, opt(&t.out_scale)?);
+    Ok(LayerWeights {
+        attn_norm: up(&t.attn_norm)?,
+        wq: up(&t.wq)?,
+        wk,
+        wv,
+        wo: up(&t.wo)?,
+        bq,
+        bk,
+        bv,
+        q_norm,
+        k_norm,
+        post_attn_norm,
+        ffn_norm: up(&t.ffn_norm)?,
+        gate: up(&t.gate)?,
+        up: up(&t.up)?,
+        down: up(&t.down)?,
+        post_ffn_norm,
+        out_scale,
+    })
+}
