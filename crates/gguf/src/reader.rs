@@ -344,10 +344,16 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        self.take_with(n, || what.to_string())
+    }
+
+    /// `take` with the error's description built only on error: the per-element reads of
+    /// metadata arrays (hundreds of thousands of vocab entries) must not format a string each.
+    fn take_with(&mut self, n: u64, what: impl FnOnce() -> String) -> Result<&'a [u8]> {
         if n > self.remaining() {
             return Err(GgufError::Truncated {
                 offset: self.buf.len() as u64,
-                what: what.to_string(),
+                what: what(),
             });
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
@@ -364,12 +370,16 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
+        self.string_with(|| what.to_string())
+    }
+
+    fn string_with(&mut self, what: impl Fn() -> String) -> Result<String> {
         let at = self.pos as u64;
-        let len = self.u64(what)?;
-        let bytes = self.take(len, what)?;
+        let len = u64::from_le_bytes(self.arr(&what)?);
+        let bytes = self.take_with(len, &what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::BadMetadata {
             offset: at,
-            key: what.to_string(),
+            key: what(),
             reason: "string is not valid UTF-8".into(),
         })
     }
@@ -377,19 +387,19 @@ impl<'a> Cursor<'a> {
     fn value(&mut self, ty: MetaType, key: &str, depth: usize) -> Result<MetaValue> {
         let what = || format!("value of metadata key {key:?}");
         Ok(match ty {
-            MetaType::U8 => MetaValue::U8(self.take(1, &what())?[0]),
-            MetaType::I8 => MetaValue::I8(self.take(1, &what())?[0] as i8),
-            MetaType::U16 => MetaValue::U16(u16::from_le_bytes(self.arr(&what())?)),
-            MetaType::I16 => MetaValue::I16(i16::from_le_bytes(self.arr(&what())?)),
-            MetaType::U32 => MetaValue::U32(u32::from_le_bytes(self.arr(&what())?)),
-            MetaType::I32 => MetaValue::I32(i32::from_le_bytes(self.arr(&what())?)),
-            MetaType::F32 => MetaValue::F32(f32::from_le_bytes(self.arr(&what())?)),
-            MetaType::U64 => MetaValue::U64(u64::from_le_bytes(self.arr(&what())?)),
-            MetaType::I64 => MetaValue::I64(i64::from_le_bytes(self.arr(&what())?)),
-            MetaType::F64 => MetaValue::F64(f64::from_le_bytes(self.arr(&what())?)),
+            MetaType::U8 => MetaValue::U8(self.take_with(1, what)?[0]),
+            MetaType::I8 => MetaValue::I8(self.take_with(1, what)?[0] as i8),
+            MetaType::U16 => MetaValue::U16(u16::from_le_bytes(self.arr(what)?)),
+            MetaType::I16 => MetaValue::I16(i16::from_le_bytes(self.arr(what)?)),
+            MetaType::U32 => MetaValue::U32(u32::from_le_bytes(self.arr(what)?)),
+            MetaType::I32 => MetaValue::I32(i32::from_le_bytes(self.arr(what)?)),
+            MetaType::F32 => MetaValue::F32(f32::from_le_bytes(self.arr(what)?)),
+            MetaType::U64 => MetaValue::U64(u64::from_le_bytes(self.arr(what)?)),
+            MetaType::I64 => MetaValue::I64(i64::from_le_bytes(self.arr(what)?)),
+            MetaType::F64 => MetaValue::F64(f64::from_le_bytes(self.arr(what)?)),
             MetaType::Bool => {
                 let at = self.pos as u64;
-                match self.take(1, &what())?[0] {
+                match self.take_with(1, what)?[0] {
                     0 => MetaValue::Bool(false),
                     1 => MetaValue::Bool(true),
                     b => {
@@ -401,7 +411,7 @@ impl<'a> Cursor<'a> {
                     }
                 }
             }
-            MetaType::Str => MetaValue::Str(self.string(&what())?),
+            MetaType::Str => MetaValue::Str(self.string_with(what)?),
             MetaType::Array => {
                 let at = self.pos as u64;
                 let bad = |reason: String| GgufError::BadMetadata {
@@ -433,7 +443,7 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    fn arr<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        Ok(self.take(N as u64, what)?.try_into().expect("N"))
+    fn arr<const N: usize>(&mut self, what: impl FnOnce() -> String) -> Result<[u8; N]> {
+        Ok(self.take_with(N as u64, what)?.try_into().expect("N"))
     }
 }
