@@ -14,6 +14,17 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: usize = 4;
 /// Arrays nested deeper than this are rejected (real files nest at most once).
 const MAX_ARRAY_DEPTH: usize = 8;
+/// Longest metadata array accepted. Real files hold at most a few hundred thousand entries
+/// (vocabularies, merges); each parsed element takes 32 bytes, so an unbounded count read from a
+/// damaged multi-gigabyte file would make the process abort on allocation failure.
+pub const MAX_ARRAY_LEN: u64 = 1 << 24;
+/// Counts read from the file only size the initial allocations up to this many bytes; beyond
+/// that, collections grow as entries are actually parsed.
+const MAX_PREALLOC_BYTES: u64 = 16 << 20;
+
+fn prealloc<T>(n: u64) -> usize {
+    n.min(MAX_PREALLOC_BYTES / std::mem::size_of::<T>().max(1) as u64) as usize
+}
 
 /// One entry of the tensor table.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,8 +121,8 @@ impl GgufFile {
             });
         }
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut meta_index = HashMap::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity(prealloc::<(String, MetaValue)>(n_kv));
+        let mut meta_index = HashMap::with_capacity(prealloc::<(String, usize)>(n_kv));
         for _ in 0..n_kv {
             let at = c.pos as u64;
             let key = c.string("metadata key")?;
@@ -146,8 +157,8 @@ impl GgufFile {
             }
         };
 
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(prealloc::<TensorInfo>(n_tensors));
+        let mut tensor_index = HashMap::with_capacity(prealloc::<(String, usize)>(n_tensors));
         for i in 0..n_tensors {
             let name = c.string(&format!("name of tensor #{i}"))?;
             let bad = |reason: String| GgufError::BadTensor {
@@ -426,6 +437,11 @@ impl<'a> Cursor<'a> {
                 let ety = MetaType::from_id(tid)
                     .ok_or_else(|| bad(format!("unknown array element type {tid}")))?;
                 let n = self.u64(&what())?;
+                if n > MAX_ARRAY_LEN {
+                    return Err(bad(format!(
+                        "array of {n} elements (at most {MAX_ARRAY_LEN} allowed)"
+                    )));
+                }
                 // Strings and arrays take at least 8 bytes each.
                 let min = ety.scalar_size().unwrap_or(8) as u64;
                 if n > self.remaining() / min {
@@ -434,7 +450,7 @@ impl<'a> Cursor<'a> {
                         what: format!("{n}-element array of metadata key {key:?}"),
                     });
                 }
-                let mut v = Vec::with_capacity(n as usize);
+                let mut v = Vec::with_capacity(prealloc::<MetaValue>(n));
                 for _ in 0..n {
                     v.push(self.value(ety, key, depth + 1)?);
                 }
