@@ -123,9 +123,12 @@ impl MetaValue {
         }
     }
 
-    /// Any non-negative integer as u64.
+    /// Any non-negative integer as u64 (including u64 values above i64::MAX).
     pub fn as_u64(&self) -> Option<u64> {
-        self.as_i64().and_then(|v| u64::try_from(v).ok())
+        match *self {
+            MetaValue::U64(v) => Some(v),
+            _ => self.as_i64().and_then(|v| u64::try_from(v).ok()),
+        }
     }
 
     /// Any float or integer as f64.
@@ -133,6 +136,7 @@ impl MetaValue {
         match *self {
             MetaValue::F32(v) => Some(v as f64),
             MetaValue::F64(v) => Some(v),
+            MetaValue::U64(v) => Some(v as f64),
             _ => self.as_i64().map(|v| v as f64),
         }
     }
@@ -192,5 +196,21 @@ impl From<f32> for MetaValue {
 impl From<bool> for MetaValue {
     fn from(v: bool) -> Self {
         MetaValue::Bool(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_accessors_cover_the_full_u64_range() {
+        assert_eq!(MetaValue::U64(u64::MAX).as_u64(), Some(u64::MAX));
+        assert_eq!(MetaValue::U64(u64::MAX).as_i64(), None);
+        assert_eq!(MetaValue::U64(u64::MAX).as_f64(), Some(u64::MAX as f64));
+        assert_eq!(MetaValue::I64(-1).as_u64(), None);
+        assert_eq!(MetaValue::I8(-3).as_f64(), Some(-3.0));
+        assert_eq!(MetaValue::U8(7).as_u64(), Some(7));
+        assert_eq!(MetaValue::Str("7".into()).as_u64(), None);
     }
 }
