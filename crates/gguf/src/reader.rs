@@ -132,7 +132,8 @@ impl GgufFile {
                 reason,
             };
             let tid = c.u32(&format!("type of metadata key {key:?}"))?;
-            let ty = MetaType::from_id(tid).ok_or_else(|| bad(format!("unknown value type {tid}")))?;
+            let ty =
+                MetaType::from_id(tid).ok_or_else(|| bad(format!("unknown value type {tid}")))?;
             let value = c.value(ty, &key, 0)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
                 return Err(bad("duplicate key".into()));
@@ -167,7 +168,9 @@ impl GgufFile {
             };
             let n_dims = c.u32(&format!("dimension count of tensor {name:?}"))? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(bad(format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+                return Err(bad(format!(
+                    "{n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                )));
             }
             let mut shape = Vec::with_capacity(n_dims);
             for d in 0..n_dims {
@@ -178,7 +181,8 @@ impl GgufFile {
                 shape.push(ne);
             }
             let tid = c.u32(&format!("type of tensor {name:?}"))?;
-            let ty = GgmlType::from_id(tid).ok_or_else(|| bad(format!("unknown ggml type id {tid}")))?;
+            let ty =
+                GgmlType::from_id(tid).ok_or_else(|| bad(format!("unknown ggml type id {tid}")))?;
             let offset = c.u64(&format!("offset of tensor {name:?}"))?;
             if shape[0] % ty.block_size() as u64 != 0 {
                 return Err(bad(format!(
@@ -192,7 +196,9 @@ impl GgufFile {
                 .tensor_bytes(&shape)
                 .ok_or_else(|| bad(format!("size of shape {shape:?} overflows")))?;
             if offset % alignment != 0 {
-                return Err(bad(format!("offset {offset} is not aligned to {alignment}")));
+                return Err(bad(format!(
+                    "offset {offset} is not aligned to {alignment}"
+                )));
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(bad("duplicate tensor name".into()));
@@ -373,11 +379,15 @@ impl<'a> Cursor<'a> {
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4"),
+        ))
     }
 
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String> {

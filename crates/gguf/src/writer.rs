@@ -63,7 +63,10 @@ impl GgufWriter {
 
     /// An array of strings.
     pub fn add_str_array<S: AsRef<str>>(&mut self, key: &str, items: &[S]) -> &mut Self {
-        let v = items.iter().map(|s| MetaValue::Str(s.as_ref().to_string())).collect();
+        let v = items
+            .iter()
+            .map(|s| MetaValue::Str(s.as_ref().to_string()))
+            .collect();
         self.add_meta(key, MetaValue::Array(MetaType::Str, v))
     }
 
@@ -80,7 +83,13 @@ impl GgufWriter {
     }
 
     /// Add a tensor whose bytes are already encoded in `ty`'s block format.
-    pub fn add_tensor(&mut self, name: &str, shape: &[u64], ty: GgmlType, data: Vec<u8>) -> Result<&mut Self> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        shape: &[u64],
+        ty: GgmlType,
+        data: Vec<u8>,
+    ) -> Result<&mut Self> {
         let size = self.check_tensor(name, shape, ty)?;
         if data.len() as u64 != size {
             return Err(GgufError::Write(format!(
@@ -99,7 +108,13 @@ impl GgufWriter {
     }
 
     /// Add a tensor whose bytes are produced by `fill` when the file is written.
-    pub fn add_tensor_lazy(&mut self, name: &str, shape: &[u64], ty: GgmlType, fill: TensorFill) -> Result<&mut Self> {
+    pub fn add_tensor_lazy(
+        &mut self,
+        name: &str,
+        shape: &[u64],
+        ty: GgmlType,
+        fill: TensorFill,
+    ) -> Result<&mut Self> {
         let size = self.check_tensor(name, shape, ty)?;
         self.push(name, shape, ty, size, TensorData::Lazy(fill));
         Ok(self)
