@@ -13,7 +13,7 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml tensors have at most 4 dimensions.
 pub const MAX_DIMS: usize = 4;
 /// Arrays nested deeper than this are rejected (real files nest at most once).
-const MAX_ARRAY_DEPTH: usize = 8;
+pub(crate) const MAX_ARRAY_DEPTH: usize = 8;
 /// Longest metadata array accepted. Real files hold at most a few hundred thousand entries
 /// (vocabularies, merges); each parsed element takes 32 bytes, so an unbounded count read from a
 /// damaged multi-gigabyte file would make the process abort on allocation failure.
@@ -146,7 +146,7 @@ impl GgufFile {
             Some(&i) => {
                 let v = &metadata[i].1;
                 match v.as_u64() {
-                    Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
+                    Some(a) if valid_alignment(a) => a,
                     _ => {
                         return Err(GgufError::BadMetadata {
                             offset: 0,
@@ -344,6 +344,11 @@ impl GgufFile {
     pub fn architecture(&self) -> Result<&str> {
         self.require_str("general.architecture")
     }
+}
+
+/// `general.alignment` values the reader accepts: a power of two up to 1 MiB.
+pub(crate) fn valid_alignment(a: u64) -> bool {
+    a.is_power_of_two() && a <= 1 << 20
 }
 
 pub(crate) fn align_up(x: u64, a: u64) -> u64 {

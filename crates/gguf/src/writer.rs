@@ -6,7 +6,10 @@ use std::path::Path;
 
 use crate::error::{GgufError, Result};
 use crate::meta::{MetaType, MetaValue};
-use crate::reader::{align_up, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+use crate::reader::{
+    align_up, valid_alignment, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN,
+    MAX_DIMS,
+};
 use crate::types::GgmlType;
 
 /// Produces a tensor's bytes into the zeroed slice it is given.
@@ -50,7 +53,7 @@ impl GgufWriter {
     pub fn add_meta(&mut self, key: &str, value: impl Into<MetaValue>) -> &mut Self {
         let value = value.into();
         if key == "general.alignment" {
-            if let Some(a) = value.as_u64().filter(|a| a.is_power_of_two()) {
+            if let Some(a) = value.as_u64().filter(|&a| valid_alignment(a)) {
                 self.alignment = a;
             }
         }
@@ -130,8 +133,55 @@ impl GgufWriter {
         });
     }
 
-    /// Write the whole file to `w`.
+    /// Refuse metadata the reader would reject or misread: an invalid `general.alignment`,
+    /// an array holding values of another type than it declares, arrays too long or too deep.
+    fn validate(&self) -> std::result::Result<(), String> {
+        fn check(key: &str, v: &MetaValue, depth: usize) -> std::result::Result<(), String> {
+            let MetaValue::Array(ety, items) = v else {
+                return Ok(());
+            };
+            if depth >= MAX_ARRAY_DEPTH {
+                return Err(format!(
+                    "key {key:?}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                ));
+            }
+            if items.len() as u64 > MAX_ARRAY_LEN {
+                return Err(format!(
+                    "key {key:?}: array of {} elements (at most {MAX_ARRAY_LEN})",
+                    items.len()
+                ));
+            }
+            for it in items {
+                if it.meta_type() != *ety {
+                    return Err(format!(
+                        "key {key:?}: array of {ety:?} holds a {} value",
+                        it.type_name()
+                    ));
+                }
+                check(key, it, depth + 1)?;
+            }
+            Ok(())
+        }
+        for (k, v) in &self.metadata {
+            if k == "general.alignment" && !v.as_u64().is_some_and(valid_alignment) {
+                return Err(format!(
+                    "general.alignment must be a power of two up to 1 MiB, got {v:?}"
+                ));
+            }
+            check(k, v, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Write the whole file to `w`. Fails with `InvalidInput`, before writing anything, if the
+    /// metadata could not be read back (see `validate`).
     pub fn write(self, w: &mut impl Write) -> io::Result<()> {
+        self.validate().map_err(|m| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot write GGUF: {m}"),
+            )
+        })?;
         let mut header = Vec::new();
         header.extend_from_slice(&GGUF_MAGIC);
         header.extend_from_slice(&3u32.to_le_bytes());
@@ -177,21 +227,26 @@ impl GgufWriter {
         w.flush()
     }
 
+    /// The whole file in memory.
+    ///
+    /// # Panics
+    /// If the metadata is invalid (see `write`); writing to a `Vec` cannot fail otherwise.
     pub fn to_bytes(self) -> Vec<u8> {
         let mut v = Vec::new();
-        self.write(&mut v).expect("writing to a Vec cannot fail");
+        if let Err(e) = self.write(&mut v) {
+            panic!("GgufWriter::to_bytes: {e}");
+        }
         v
     }
 
+    /// Write the file at `path`. Invalid metadata is reported before the file is created.
     pub fn write_file(self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let f = std::fs::File::create(path).map_err(io)?;
+        self.validate().map_err(GgufError::Write)?;
+        let fail = |e: io::Error| GgufError::Write(format!("{}: {e}", path.display()));
+        let f = std::fs::File::create(path).map_err(fail)?;
         let mut w = io::BufWriter::with_capacity(1 << 22, f);
-        self.write(&mut w).map_err(io)
+        self.write(&mut w).map_err(fail)
     }
 }
 

@@ -353,3 +353,85 @@ fn real_file_header_rewrites_identically() {
         assert_eq!(head.total, f.bytes().len() as u64);
     }
 }
+
+fn nested(depth: usize) -> MetaValue {
+    (0..depth).fold(MetaValue::U8(1), |v, _| {
+        let t = v.meta_type();
+        MetaValue::Array(t, vec![v])
+    })
+}
+
+/// The writer refuses, before writing a byte, metadata its reader would reject or misread
+/// (it used to write such files silently).
+#[test]
+fn writer_refuses_metadata_the_reader_cannot_read() {
+    let write_err = |w: GgufWriter| {
+        let mut out = Vec::new();
+        let e = w.write(&mut out).expect_err("invalid metadata written");
+        assert!(out.is_empty(), "bytes written before the error");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        e.to_string()
+    };
+
+    for a in [48u32, 0, 1 << 21] {
+        let mut w = GgufWriter::new();
+        w.add_meta("general.alignment", MetaValue::U32(a));
+        let m = write_err(w);
+        assert!(
+            m.contains("general.alignment") && m.contains("power of two"),
+            "{m}"
+        );
+    }
+    let mut w = GgufWriter::new();
+    w.add_meta("general.alignment", MetaValue::Str("32".into()));
+    assert!(write_err(w).contains("general.alignment"));
+
+    let mut w = GgufWriter::new();
+    w.add_meta(
+        "a",
+        MetaValue::Array(MetaType::U32, vec![MetaValue::from("xyz")]),
+    );
+    let m = write_err(w);
+    assert!(
+        m.contains("\"a\"") && m.contains("U32") && m.contains("string"),
+        "{m}"
+    );
+
+    // Eight levels of arrays are readable, nine are not.
+    let mut w = GgufWriter::new();
+    w.add_meta("deep", nested(8));
+    let f = GgufFile::from_bytes(w.to_bytes()).unwrap();
+    assert!(same_value(f.get("deep").unwrap(), &nested(8)));
+    let mut w = GgufWriter::new();
+    w.add_meta("deep", nested(9));
+    let m = write_err(w);
+    assert!(
+        m.contains("deep") && m.contains("nested deeper than 8"),
+        "{m}"
+    );
+
+    // write_file reports it as GgufError::Write and creates no file; I/O errors name the path.
+    let dir = std::env::temp_dir().join(format!("kestrel-gguf-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.gguf");
+    let mut w = GgufWriter::new();
+    w.add_meta("general.alignment", MetaValue::U32(48));
+    let e = w.write_file(&path).unwrap_err();
+    assert!(matches!(e, kestrel_gguf::GgufError::Write(_)), "{e}");
+    assert!(!path.exists());
+    let missing = dir.join("no/such/dir/x.gguf");
+    let e = GgufWriter::new()
+        .write_file(&missing)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no/such/dir/x.gguf"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[should_panic(expected = "general.alignment")]
+fn to_bytes_panics_on_invalid_metadata_instead_of_writing_a_bad_file() {
+    let mut w = GgufWriter::new();
+    w.add_meta("general.alignment", MetaValue::U32(3));
+    let _ = w.to_bytes();
+}
