@@ -39,6 +39,27 @@ fn check_model(model: &str) {
             common::ids(&c["prompt_ids"]),
         );
     }
+    // llama.cpp's generated text is the detokenization of the generated ids (EOG excluded).
+    let mut text_failures = Vec::new();
+    let gens: Vec<&serde_json::Value> = data["completions"]
+        .as_array()
+        .into_iter()
+        .chain(data["chats"].as_array())
+        .flatten()
+        .collect();
+    for c in &gens {
+        let ids = common::ids(&c["generated_ids"]);
+        let want = c["text"].as_str().expect("text");
+        let got = tok.decode(&ids, false);
+        let mut stream = kestrel_tokenizer::StreamDecoder::new(&tok, false);
+        let mut streamed: String = ids.iter().map(|&id| stream.push(id)).collect();
+        streamed.push_str(&stream.finish());
+        if got != want || streamed != want {
+            text_failures.push(format!(
+                "decode {ids:?}\n   got  {got:?}\n   stream {streamed:?}\n   want {want:?}"
+            ));
+        }
+    }
     let mut chat_failures = Vec::new();
     for c in data["chats"].as_array().expect("chats[]") {
         let messages: Vec<ChatMessage> = c["messages"]
@@ -64,11 +85,14 @@ fn check_model(model: &str) {
     }
     let n_chats = data["chats"].as_array().map_or(0, Vec::len);
     eprintln!(
-        "{model}: {} of {checks} id checks and {} of {n_chats} chat renderings match",
+        "{model}: {} of {checks} id checks, {} of {n_chats} chat renderings and {} of {} decoded generations match",
         checks - failures.len(),
-        n_chats - chat_failures.len()
+        n_chats - chat_failures.len(),
+        gens.len() - text_failures.len(),
+        gens.len()
     );
     failures.extend(chat_failures);
+    failures.extend(text_failures);
     assert!(
         failures.is_empty(),
         "{model}: {} mismatches:\n{}",
@@ -90,6 +114,81 @@ fn reference_qwen25_coder_05b() {
 #[test]
 fn reference_qwen25_coder_15b() {
     check_model("qwen2.5-coder-1.5b");
+}
+
+#[test]
+fn eog_and_specials_real_models() {
+    if let Some(t) = common::load("gemma3-270m") {
+        assert_eq!(t.eog_ids(), vec![1, 106]);
+        assert_eq!(
+            (t.bos_id(), t.eos_id(), t.add_bos()),
+            (Some(2), Some(1), true)
+        );
+        assert_eq!(t.vocab_size(), 262144);
+        assert_eq!(t.piece(105), Some("<start_of_turn>"));
+        assert_eq!(t.token_bytes(107, false), b"\n");
+        assert_eq!(t.token_bytes(1, false), b"");
+        assert_eq!(t.token_bytes(1, true), b"<eos>");
+        assert_eq!(t.token_bytes(t.token_id("<0xF0>").unwrap(), false), [0xF0]);
+        let sp = t.special_tokens();
+        assert!(
+            sp.contains(&(106, "<end_of_turn>".to_string()))
+                && sp.contains(&(138, "  ".to_string()))
+        );
+    }
+    for model in ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] {
+        let Some(t) = common::load(model) else {
+            continue;
+        };
+        // <|endoftext|>, <|im_end|> and llama.cpp's FIM/repo separators.
+        assert_eq!(t.eog_ids(), vec![151643, 151645, 151662, 151663, 151664]);
+        assert_eq!(
+            (t.bos_id(), t.eos_id(), t.add_bos()),
+            (Some(151643), Some(151645), false)
+        );
+        assert_eq!(
+            t.kind(),
+            &kestrel_tokenizer::TokenizerKind::Bpe {
+                pre: "qwen2".into()
+            }
+        );
+        assert_eq!(t.token_bytes(151644, false), b"");
+        assert_eq!(
+            t.decode(&[151644, 872, 198, 6023, 151645], true),
+            "<|im_start|>user\nhi<|im_end|>"
+        );
+        assert!(t.chat_template().unwrap().contains("<|im_start|>"));
+    }
+}
+
+/// gemma3-270m is a base model without tokenizer.chat_template: the built-in Gemma format.
+#[test]
+fn builtin_chat_template_gemma3() {
+    let Some(t) = common::load("gemma3-270m") else {
+        return;
+    };
+    assert_eq!(t.chat_template(), None);
+    let msgs = [
+        ChatMessage::new("system", "You are terse."),
+        ChatMessage::new("user", "Hi there"),
+        ChatMessage::new("assistant", "Hello."),
+        ChatMessage::new("user", "Bye"),
+    ];
+    let p = t.apply_chat_template(&msgs, true).unwrap();
+    assert_eq!(
+        p,
+        "<start_of_turn>user\nYou are terse.\n\nHi there<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+         <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let ids = t.encode(&p, true, true);
+    assert_eq!(ids[..3], [2, 105, 2364]); // <bos> <start_of_turn> user
+    assert_eq!(
+        ids.iter().filter(|&&i| i == 2).count(),
+        1,
+        "exactly one BOS"
+    );
+    assert_eq!(ids.iter().filter(|&&i| i == 106).count(), 3);
+    assert_eq!(ids[ids.len() - 3..], [105, 4368, 107]); // <start_of_turn> model \n
 }
 
 /// Reference data for a model this file does not list would go unchecked.
