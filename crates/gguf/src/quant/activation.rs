@@ -9,7 +9,8 @@ use crate::types::QK_K;
 
 const QK8: usize = 32;
 
-/// `max |x_i|`, NaNs ignored (ggml's `MAX(a, b) = a > b ? a : b` with the accumulator first).
+/// `max |x_i|`, NaNs skipped (ggml's `MAX` would keep a NaN only when it is the last element;
+/// a block holding NaN has no meaningful codes either way).
 fn amax(x: &[f32]) -> f32 {
     x.iter()
         .fold(0.0f32, |m, &v| if v.abs() > m { v.abs() } else { m })
