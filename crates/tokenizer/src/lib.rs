@@ -10,6 +10,12 @@
 //! control and user-defined token texts are split out before normal tokenization
 //! ([`special`]), the BOS/EOS rule comes from `tokenizer.ggml.add_bos_token`/`add_eos_token`,
 //! and end-of-generation tokens are found by id and by their well-known texts.
+//!
+//! Round trips: `decode(encode(s))== s` for any `s` with byte-level BPE, Gemma 4 and SPM
+//! without a prefix space (Gemma 3). Exceptions, shared with llama.cpp and SentencePiece: a
+//! literal U+2581 in SPM/Gemma 4 input decodes as a space, and an SPM model with
+//! `add_space_prefix` (Llama 2 style) gets a space inserted after every special or
+//! user-defined token in the input (the leading prefix space itself is removed by `decode`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -79,7 +85,8 @@ impl TokenType {
     }
 }
 
-/// A tokenizer loaded from GGUF metadata.
+/// A tokenizer loaded from GGUF metadata. Cheap to share: `Send + Sync`, immutable.
+#[derive(Clone)]
 pub struct Tokenizer {
     pub(crate) kind: TokenizerKind,
     pub(crate) pieces: Vec<String>,
@@ -124,6 +131,23 @@ fn token_id_key(
             key,
             format!("token id {id} is outside the vocabulary of {n_vocab}"),
         )),
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind)
+            .field("vocab_size", &self.pieces.len())
+            .field("merges", &self.merges.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .field("add_space_prefix", &self.add_space_prefix)
+            .field("eog", &self.eog_ids())
+            .field("chat_template", &self.chat_template.is_some())
+            .finish()
     }
 }
 
@@ -419,5 +443,14 @@ impl Tokenizer {
 
     pub(crate) fn byte_token(&self, b: u8) -> Option<u32> {
         self.byte_tokens[b as usize].or(self.unk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokenizer_is_send_sync() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<super::Tokenizer>();
     }
 }

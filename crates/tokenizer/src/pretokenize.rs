@@ -6,7 +6,9 @@
 
 use fancy_regex::Regex;
 
-/// GPT-2 (`gpt-2`, `default` and unknown names).
+/// GPT-2 (`gpt-2`, `default` and names without a pattern of their own here; llama.cpp has
+/// bespoke patterns for some of those, e.g. deepseek-coder or starcoder, which may split
+/// differently).
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// Llama 3 (`llama-bpe`, `llama3` and relatives): digits in groups of up to three.
@@ -15,6 +17,7 @@ const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 /// Qwen 2 (`qwen2`): the Llama 3 pattern with single digits.
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+#[derive(Clone)]
 pub struct PreTokenizer {
     regex: Regex,
     /// Emit a whole pre-token as one token when it is in the vocabulary (Llama 3).

@@ -17,6 +17,7 @@ pub enum Fragment<'a> {
     Token(u32),
 }
 
+#[derive(Clone)]
 pub struct SpecialMatcher {
     /// (id, always matched) in llama.cpp's order: longest text first, then by id.
     order: Vec<(u32, bool)>,
