@@ -2,5 +2,6 @@
 
 pub mod backend;
 pub mod ops;
+pub mod quant_dot;
 
 pub use backend::CpuBackend;

@@ -1,0 +1,148 @@
+//! Quantized matrix multiplication: `out[t][r] = Σ_k W[r][k] · x[t][k]`.
+//!
+//! Activations are quantized once per call to the weight type's activation format
+//! (`quant_dot::acts`), then every (row, token) pair is one block-wise integer dot product
+//! (`quant_dot`). rayon splits the output rows into chunks; inside a chunk, tokens are taken
+//! `TILE` at a time and each weight row is decoded once for the whole tile, so prefill reuses
+//! weights from cache instead of streaming them once per token.
+
+use kestrel_gguf::quant::dequantize_row;
+use kestrel_gguf::GgmlType;
+use rayon::prelude::*;
+
+use crate::quant_dot::{self, ActFormat, Acts, SimdLevel, TILE};
+
+/// A 2-D GGUF tensor: ggml shape `[cols (ne0, contiguous), rows (ne1)]`, rows packed back to
+/// back in the type's block format.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightMatrix<'a> {
+    pub ty: GgmlType,
+    pub data: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl WeightMatrix<'_> {
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols as u64).unwrap_or_else(|| {
+            panic!(
+                "{} matrix: {} columns are not a multiple of the block size {}",
+                self.ty,
+                self.cols,
+                self.ty.block_size()
+            )
+        }) as usize
+    }
+
+    /// Row `r`'s bytes.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Weight types `matmul` accepts: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K.
+pub fn supports(ty: GgmlType) -> bool {
+    ActFormat::for_weight(ty).is_some()
+}
+
+/// `out[t * rows + r] = Σ_k W[r][k] · x[t * cols + k]` for `t` in `0..n_tokens`, on the SIMD
+/// level chosen at start-up (`quant_dot::selected`, `KESTREL_CPU_SIMD` forces one).
+///
+/// # Panics
+/// If `w.ty` has no matmul support, `cols` is not a whole number of blocks, or a slice is
+/// shorter than the shapes say.
+pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+    matmul_with(quant_dot::selected(), w, x, n_tokens, out)
+}
+
+/// [`matmul`] on an explicit SIMD level (capped at what the CPU supports); for tests and
+/// benchmarks that compare paths in one process.
+pub fn matmul_with(
+    level: SimdLevel,
+    w: &WeightMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    let fmt = ActFormat::for_weight(w.ty)
+        .unwrap_or_else(|| panic!("matmul: weight type {} is not supported", w.ty));
+    let rb = w.row_bytes();
+    assert!(
+        w.data.len() >= rows * rb,
+        "matmul: {} {rows}×{cols} needs {} bytes, got {}",
+        w.ty,
+        rows * rb,
+        w.data.len()
+    );
+    assert!(
+        x.len() >= n_tokens * cols,
+        "matmul: x has {} values < {n_tokens} × {cols}",
+        x.len()
+    );
+    assert!(
+        out.len() >= n_tokens * rows,
+        "matmul: out has {} values < {n_tokens} × {rows}",
+        out.len()
+    );
+    if rows == 0 || n_tokens == 0 {
+        return;
+    }
+    let (kernel, level) = quant_dot::row_kernel(w.ty, level).expect("supported type");
+    let acts = Acts::new(fmt, x, n_tokens, cols, level != SimdLevel::Scalar);
+
+    let chunk = rows_per_task(rows);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let out_ptr = &out_ptr;
+        let r_end = ((c + 1) * chunk).min(rows);
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let nt = (n_tokens - t0).min(TILE);
+            for r in c * chunk..r_end {
+                // SAFETY: this task alone writes rows `c*chunk..r_end` of every token;
+                // `out` holds `n_tokens × rows` values (checked above); the kernel was
+                // selected for a level the CPU supports and `w.row(r)` is one row.
+                unsafe { kernel(w.row(r), &acts, t0, nt, out_ptr.0.add(t0 * rows + r), rows) };
+            }
+            t0 += nt;
+        }
+    });
+}
+
+/// Rows per rayon task: about 16 tasks per thread so both cores stay busy to the end, at
+/// least 16 rows so per-task overhead stays small, at most 256.
+fn rows_per_task(rows: usize) -> usize {
+    let per = rows / (rayon::current_num_threads().max(1) * 16);
+    per.clamp(16, 256)
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `matmul_with`).
+unsafe impl Sync for SendPtr {}
+
+/// Embedding lookup: `out[i * cols..(i + 1) * cols]` = row `rows[i]` of `w`, dequantized with
+/// the gguf reference dequantizer.
+///
+/// # Panics
+/// If a row index is out of range, the type cannot be dequantized, or `out` is too short.
+pub fn dequantize_rows(w: &WeightMatrix, rows: &[u32], out: &mut [f32]) {
+    let cols = w.cols;
+    assert!(
+        out.len() >= rows.len() * cols,
+        "dequantize_rows: out has {} values < {} × {cols}",
+        out.len(),
+        rows.len()
+    );
+    for (&r, dst) in rows.iter().zip(out.chunks_exact_mut(cols)) {
+        assert!(
+            (r as usize) < w.rows,
+            "dequantize_rows: row {r} of {} rows",
+            w.rows
+        );
+        dequantize_row(w.ty, w.data, r as usize, cols, dst)
+            .unwrap_or_else(|e| panic!("dequantize_rows: {e}"));
+    }
+}

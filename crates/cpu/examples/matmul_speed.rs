@@ -1,0 +1,187 @@
+//! Matmul throughput on the shapes of qwen2.5-coder-0.5b.
+//!
+//! `cargo run --release -p kestrel-cpu --example matmul_speed [-- LEVEL... ] [--tg-only|--pp-only]`
+//! where LEVEL is scalar|avx2|avx512 (default: avx2 and avx512, as far as the CPU has them).
+//! n_tokens = 1 reports weight bytes streamed per second (GB/s); n_tokens = 512 reports
+//! 2·rows·cols·tokens per second (GFLOP/s-equivalent) and the time per call.
+
+use std::time::{Duration, Instant};
+
+use kestrel_cpu::ops::matmul::{matmul_with, WeightMatrix};
+use kestrel_cpu::quant_dot::{self, SimdLevel};
+use kestrel_gguf::quant::f32_to_f16;
+use kestrel_gguf::GgmlType::{self, *};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Random blocks with every f16 field set to a small value (codes random).
+fn weights(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let bytes = ty.row_bytes(cols as u64).unwrap() as usize * rows;
+    let mut data: Vec<u8> = (0..bytes).map(|_| rng.gen()).collect();
+    let f16_fields: &[usize] = match ty {
+        Q4_0 | Q5_0 | Q8_0 => &[0],
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q6_K => &[208],
+        F16 => &[],
+        _ => panic!("no generator for {ty}"),
+    };
+    let h = f32_to_f16(0.03).to_le_bytes();
+    for blk in data.chunks_exact_mut(ty.type_size()) {
+        for &o in f16_fields {
+            blk[o..o + 2].copy_from_slice(&h);
+        }
+    }
+    if ty == F16 {
+        for v in data.chunks_exact_mut(2) {
+            v.copy_from_slice(&f32_to_f16(rng.gen_range(-1.0..1.0)).to_le_bytes());
+        }
+    }
+    data
+}
+
+/// Median seconds per call over at least `min_runs` runs and `min_time`.
+fn time(mut f: impl FnMut(), min_runs: usize, min_time: Duration) -> f64 {
+    f();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < min_runs || start.elapsed() < min_time {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut levels: Vec<SimdLevel> = args
+        .iter()
+        .filter_map(|a| SimdLevel::from_name(a))
+        .collect();
+    if levels.is_empty() {
+        levels = [SimdLevel::Avx2, SimdLevel::Avx512]
+            .into_iter()
+            .filter(|&l| l <= quant_dot::detected())
+            .collect();
+    }
+    let tg = !args.iter().any(|a| a == "--pp-only");
+    let pp = !args.iter().any(|a| a == "--tg-only");
+    println!(
+        "rayon threads: {}, detected SIMD: {:?}, levels: {:?}",
+        rayon::current_num_threads(),
+        quant_dot::detected(),
+        levels
+    );
+
+    // (type, rows, cols, what): cols = ne0 (input width), rows = ne1 (outputs).
+    let tg_shapes: &[(GgmlType, usize, usize, &str)] = &[
+        (Q8_0, 151936, 896, "output head"),
+        (Q8_0, 4864, 896, "ffn_up"),
+        (Q5_0, 4864, 896, "ffn_up/gate"),
+        (Q5_0, 896, 4864, "ffn_down"),
+        (Q4_0, 4864, 896, "ffn_up"),
+        (Q4_1, 4864, 896, "ffn_up"),
+        (Q5_1, 4864, 896, "ffn_up"),
+        (Q6_K, 896, 4864, "ffn_down"),
+        (Q4_K, 896, 4864, "ffn_down"),
+        (Q5_K, 896, 4864, "ffn_down"),
+        (Q3_K, 896, 4864, "ffn_down"),
+        (Q2_K, 896, 4864, "ffn_down"),
+        (F16, 896, 4864, "ffn_down"),
+    ];
+    let pp_shapes: &[(GgmlType, usize, usize, &str)] = &[
+        (Q5_0, 4864, 896, "ffn_up/gate"),
+        (Q5_0, 896, 896, "attn_q/o"),
+        (Q8_0, 4864, 896, "ffn_up"),
+        (Q4_0, 4864, 896, "ffn_up"),
+        (Q4_1, 4864, 896, "ffn_up"),
+        (Q5_1, 4864, 896, "ffn_up"),
+        (Q6_K, 896, 4864, "ffn_down"),
+        (Q4_K, 896, 4864, "ffn_down"),
+        (Q5_K, 896, 4864, "ffn_down"),
+        (Q3_K, 896, 4864, "ffn_down"),
+        (Q2_K, 896, 4864, "ffn_down"),
+        (F16, 896, 4864, "ffn_down"),
+    ];
+
+    let mut rng = StdRng::seed_from_u64(9);
+    if tg {
+        println!("\nn_tokens = 1 (weight GB/s)");
+        println!(
+            "{:<6} {:>7} {:>7} {:<12} {:>9} {}",
+            "type", "rows", "cols", "tensor", "MB", "per level: µs/call GB/s"
+        );
+        for &(ty, rows, cols, what) in tg_shapes {
+            let data = weights(ty, rows, cols);
+            let w = WeightMatrix {
+                ty,
+                data: &data,
+                rows,
+                cols,
+            };
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut out = vec![0f32; rows];
+            let mut line = format!(
+                "{:<6} {:>7} {:>7} {:<12} {:>9.2}",
+                ty.name(),
+                rows,
+                cols,
+                what,
+                data.len() as f64 / 1e6
+            );
+            for &level in &levels {
+                let s = time(
+                    || matmul_with(level, &w, &x, 1, &mut out),
+                    5,
+                    Duration::from_millis(400),
+                );
+                line += &format!(
+                    "  {}: {:8.1} µs {:6.2} GB/s",
+                    level.name(),
+                    s * 1e6,
+                    data.len() as f64 / s / 1e9
+                );
+            }
+            println!("{line}");
+        }
+    }
+    if pp {
+        let n = 512;
+        println!("\nn_tokens = {n} (GFLOP/s = 2·rows·cols·tokens / time)");
+        println!(
+            "{:<6} {:>7} {:>7} {:<12} {}",
+            "type", "rows", "cols", "tensor", "per level: ms/call GFLOP/s"
+        );
+        for &(ty, rows, cols, what) in pp_shapes {
+            let data = weights(ty, rows, cols);
+            let w = WeightMatrix {
+                ty,
+                data: &data,
+                rows,
+                cols,
+            };
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut out = vec![0f32; n * rows];
+            let mut line = format!("{:<6} {:>7} {:>7} {:<12}", ty.name(), rows, cols, what);
+            for &level in &levels {
+                let s = time(
+                    || matmul_with(level, &w, &x, n, &mut out),
+                    3,
+                    Duration::from_millis(600),
+                );
+                let flop = 2.0 * rows as f64 * cols as f64 * n as f64;
+                line += &format!(
+                    "  {}: {:7.2} ms {:6.1} GFLOP/s",
+                    level.name(),
+                    s * 1e3,
+                    flop / s / 1e9
+                );
+            }
+            println!("{line}");
+        }
+    }
+}
