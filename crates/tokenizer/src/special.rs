@@ -89,10 +89,10 @@ impl SpecialMatcher {
 
     /// Split `text` into raw-text fragments and special tokens.
     pub fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
-        let mut frags = vec![Fragment::Text(text)];
         if text.is_empty() {
-            return frags;
+            return Vec::new();
         }
+        let mut frags = vec![Fragment::Text(text)];
         for k in self.occurring(text, parse_special) {
             let (id, _) = self.order[k];
             let needle = self.texts[k].as_str();

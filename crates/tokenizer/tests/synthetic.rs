@@ -307,6 +307,9 @@ fn spm_scores_prefix_space_and_bytes() {
     let id = |s: &str| t.token_id(s).unwrap();
     assert!(t.add_bos());
     assert_eq!(t.encode("hello", true, false), vec![1, id("▁hello")]);
+    // Empty text gets no prefix space.
+    assert_eq!(t.encode("", true, false), vec![1]);
+    assert_eq!(t.encode("", false, false), Vec::<u32>::new());
     // Highest score first, then leftmost among equal scores.
     assert_eq!(
         t.encode("aaa", false, false),
