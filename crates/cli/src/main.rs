@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod fetch;
+mod load;
 mod models;
 
 #[derive(Parser, Debug)]
@@ -22,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Generate text from a prompt, streaming it, then report prompt and generation speed.
+    Run(commands::run::Args),
+    /// Chat interactively through the model's chat template.
+    Chat(commands::chat::Args),
+    /// Measure prompt-processing and generation throughput (llama-bench style).
+    Bench(commands::bench::Args),
     /// Show what a GGUF model holds: architecture, hyperparameters, tensors, tokenizer.
     Inspect(commands::inspect::Args),
     /// Split a text into tokens with a model's tokenizer.
@@ -33,6 +40,9 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Cmd::Run(a) => commands::run::run(a),
+        Cmd::Chat(a) => commands::chat::run(a),
+        Cmd::Bench(a) => commands::bench::run(a),
         Cmd::Inspect(a) => commands::inspect::run(a),
         Cmd::Tokenize(a) => commands::tokenize::run(a),
         Cmd::Pull(a) => commands::pull::run(a),

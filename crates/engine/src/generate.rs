@@ -157,13 +157,15 @@ pub fn generate<B: Backend>(
 
         if let Some((at, _)) = find_stop(&pending, &params.stop) {
             pending.truncate(at);
-            emit(&mut out.text, &mut pending, pending.len(), on_text);
+            let n = pending.len();
+            emit(&mut out.text, &mut pending, n, on_text);
             out.finish = FinishReason::Stop;
             break;
         }
         // Hold back a tail that could still become a stop string.
         let keep = if max_stop > 0 { held_back(&pending, &params.stop) } else { 0 };
-        if !emit(&mut out.text, &mut pending, pending.len() - keep, on_text) {
+        let n = pending.len() - keep;
+        if !emit(&mut out.text, &mut pending, n, on_text) {
             out.finish = FinishReason::Cancelled;
             break;
         }

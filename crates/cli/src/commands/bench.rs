@@ -1,0 +1,161 @@
+//! `kestrel bench`: llama-bench style throughput — prompt processing (ppN: N tokens in one pass)
+//! and text generation (tgN: N tokens one at a time), repeated, warm-up excluded.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use kestrel_engine::{Backend, BatchEntry, Engine};
+use serde_json::json;
+
+use crate::load::{load_cpu, ContextArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub ctx: ContextArgs,
+    /// Prompt lengths to test (comma-separated; 0 skips).
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths to test (comma-separated; 0 skips).
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    pub n_gen: Vec<usize>,
+    /// Context depth already in the cache before each test.
+    #[arg(short = 'd', long = "depth", value_delimiter = ',', default_value = "0")]
+    pub depth: Vec<usize>,
+    /// Repetitions per test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    pub reps: usize,
+    /// Prompt tokens per forward pass.
+    #[arg(long, default_value_t = 512)]
+    pub ubatch: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Row {
+    test: String,
+    tps: Vec<f64>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let need = a.depth.iter().max().unwrap_or(&0)
+        + a.n_prompt.iter().chain(&a.n_gen).max().unwrap_or(&0)
+        + 1;
+    let ctx = ContextArgs {
+        ctx: Some(a.ctx.ctx.unwrap_or(0).max(need)),
+        ..a.ctx.clone()
+    };
+    let mut m = load_cpu(&ctx, 1)?;
+    let n_vocab = m.engine.spec.n_vocab as u32;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % n_vocab as u64) as u32
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for &depth in &a.depth {
+        let suffix = if depth > 0 { format!(" @ d{depth}") } else { String::new() };
+        for &n in a.n_prompt.iter().filter(|&&n| n > 0) {
+            let toks = tokens(n);
+            let pre = tokens(depth);
+            let tps = measure(&mut m.engine, a.reps, &pre, a.ubatch, |e, seq| {
+                for chunk in toks.chunks(a.ubatch.max(1)) {
+                    run_chunk(e, seq, chunk, true)?;
+                }
+                Ok(n)
+            })?;
+            rows.push(Row { test: format!("pp{n}{suffix}"), tps });
+        }
+        for &n in a.n_gen.iter().filter(|&&n| n > 0) {
+            let toks = tokens(n);
+            let pre = tokens(depth);
+            let tps = measure(&mut m.engine, a.reps, &pre, a.ubatch, |e, seq| {
+                for &t in &toks {
+                    run_chunk(e, seq, &[t], true)?;
+                }
+                Ok(n)
+            })?;
+            rows.push(Row { test: format!("tg{n}{suffix}"), tps });
+        }
+    }
+    let size_gib = m.file.data_bytes() as f64 / (1u64 << 30) as f64;
+    let params: u64 = m.file.tensors.iter().map(|t| t.n_elements()).sum();
+    let model = m.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let backend = m.engine.backend.name();
+    if a.json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let (mean, sd) = mean_sd(&r.tps);
+                json!({"model": model, "size_bytes": m.file.data_bytes(), "params": params,
+                       "backend": backend, "test": r.test, "tps_mean": mean, "tps_sd": sd, "samples": r.tps})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("| model | size | params | backend | test | t/s |");
+        println!("| --- | ---: | ---: | --- | ---: | ---: |");
+        for r in &rows {
+            let (mean, sd) = mean_sd(&r.tps);
+            println!(
+                "| {model} | {size_gib:.2} GiB | {:.2} B | {backend} | {} | {mean:.2} ± {sd:.2} |",
+                params as f64 / 1e9,
+                r.test
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_chunk<B: Backend>(e: &mut Engine<B>, seq: usize, toks: &[u32], last_logits: bool) -> Result<()> {
+    let entries: Vec<BatchEntry> = toks
+        .iter()
+        .enumerate()
+        .map(|(i, &token)| BatchEntry {
+            seq,
+            token,
+            logits: last_logits && i + 1 == toks.len(),
+        })
+        .collect();
+    e.step(&entries)?;
+    Ok(())
+}
+
+/// One warm-up then `reps` timed runs of `body` on a fresh sequence prefilled with `pre`.
+fn measure<B: Backend>(
+    e: &mut Engine<B>,
+    reps: usize,
+    pre: &[u32],
+    ubatch: usize,
+    mut body: impl FnMut(&mut Engine<B>, usize) -> Result<usize>,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for rep in 0..=reps.max(1) {
+        let seq = e.new_seq();
+        for chunk in pre.chunks(ubatch.max(1)) {
+            run_chunk(e, seq, chunk, false)?;
+        }
+        let t = Instant::now();
+        let n = body(e, seq)?;
+        let secs = t.elapsed().as_secs_f64();
+        e.free_seq(seq);
+        if rep > 0 {
+            out.push(n as f64 / secs);
+        }
+    }
+    Ok(out)
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
