@@ -1,6 +1,9 @@
-//! Causal attention over the paged KV cache, optionally windowed, with GQA. K and V are stored as
-//! f16 and Q is rounded to f16 for the scores, as llama.cpp's CPU backend does with its default
-//! F16 cache; scores, softmax and the V sum are f32.
+//! Causal attention over the paged KV cache, optionally windowed, with GQA.
+//!
+//! The math follows llama.cpp's CPU flash attention with its default F16 cache, so Kestrel gives
+//! the same answers: K and V are stored as f16, Q is rounded to f16 for the scores, keys are visited
+//! in order with an online softmax, and the V accumulator is kept in f16 (`acc = f16(fma(v, w, acc))`,
+//! rescaled in f16 when a new maximum appears). Scores and the softmax sum are f32.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -49,45 +52,219 @@ pub struct Geometry {
 pub fn attention(q: &[f32], kv: &KvPool, g: &Geometry, rows: &AttnRows, out: &mut [f32]) {
     let hd = g.head_dim;
     let group = g.n_head / g.n_kv_head;
+    let simd = f16_simd();
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let t = i / g.n_head;
-        let h = i % g.n_head;
-        let kvh = h / group;
+        let kvh = (i % g.n_head) / group;
         let pos = rows.positions[t] as usize;
         let lo = g.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let table = &rows.block_tables[rows.seq_index[t] as usize];
         let slot = |p: usize| table[p / rows.block_size] as usize * rows.block_size + p % rows.block_size;
 
-        let qh: Vec<f32> = q[i * hd..(i + 1) * hd]
-            .iter()
-            .map(|&x| f16::from_f32(x).to_f32())
-            .collect();
-        let mut krow = vec![0f32; hd];
-        let mut scores = Vec::with_capacity(pos + 1 - lo);
+        let mut qh = vec![f16::ZERO; hd];
+        qh.convert_from_f32_slice(&q[i * hd..(i + 1) * hd]);
+        let mut acc = vec![f16::ZERO; hd];
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
         for p in lo..=pos {
             let off = slot(p) * kv.kv_dim + kvh * hd;
-            kv.k[off..off + hd].convert_to_f32_slice(&mut krow);
-            let dot: f32 = qh.iter().zip(&krow).map(|(a, b)| a * b).sum();
-            scores.push(dot * g.scale);
-        }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        o.fill(0.0);
-        let mut vrow = vec![0f32; hd];
-        for (p, &w) in (lo..=pos).zip(&scores) {
-            let off = slot(p) * kv.kv_dim + kvh * hd;
-            kv.v[off..off + hd].convert_to_f32_slice(&mut vrow);
-            for (a, &b) in o.iter_mut().zip(&vrow) {
-                *a += w * b;
+            let s = dot_f16(simd, &qh, &kv.k[off..off + hd]) * g.scale;
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if s > m {
+                ms = (m - s).exp();
+                m = s;
+                scale_f16(simd, &mut acc, ms);
+            } else {
+                vs = (s - m).exp();
             }
+            mad_f16(simd, &mut acc, &kv.v[off..off + hd], vs);
+            sum = sum * ms + vs;
         }
-        let inv = 1.0 / sum;
-        for a in o.iter_mut() {
-            *a *= inv;
+        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+        for (o, a) in o.iter_mut().zip(&acc) {
+            *o = a.to_f32() * inv;
         }
     });
+}
+
+fn f16_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Σ a·b over f16 vectors, in f32.
+fn dot_f16(simd: bool, a: &[f16], b: &[f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd && a.len() % 8 == 0 {
+        // SAFETY: the features were detected at run time.
+        return unsafe { x86::dot_f16(a, b) };
+    }
+    let _ = simd;
+    a.iter().zip(b).map(|(x, y)| x.to_f32() * y.to_f32()).sum()
+}
+
+/// acc = f16(fma(v, w, acc))
+fn mad_f16(simd: bool, acc: &mut [f16], v: &[f16], w: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && acc.len() % 8 == 0 {
+        // SAFETY: the features were detected at run time.
+        return unsafe { x86::mad_f16(acc, v, w) };
+    }
+    let _ = simd;
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a = f16::from_f32(x.to_f32().mul_add(w, a.to_f32()));
+    }
+}
+
+/// acc = f16(acc * s)
+fn scale_f16(simd: bool, acc: &mut [f16], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && acc.len() % 8 == 0 {
+        // SAFETY: the features were detected at run time.
+        return unsafe { x86::scale_f16(acc, s) };
+    }
+    let _ = simd;
+    for a in acc.iter_mut() {
+        *a = f16::from_f32(a.to_f32() * s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+        let mut s = _mm256_setzero_ps();
+        for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr() as *const __m128i));
+            let yv = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr() as *const __m128i));
+            s = _mm256_fmadd_ps(xv, yv, s);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+        lanes.iter().sum()
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
+        let wv = _mm256_set1_ps(w);
+        for (a, x) in acc.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
+            let av = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr() as *const __m128i));
+            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr() as *const __m128i));
+            let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_fmadd_ps(xv, wv, av));
+            _mm_storeu_si128(a.as_mut_ptr() as *mut __m128i, r);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scale_f16(acc: &mut [f16], s: f32) {
+        let sv = _mm256_set1_ps(s);
+        for a in acc.chunks_exact_mut(8) {
+            let av = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr() as *const __m128i));
+            let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(av, sv));
+            _mm_storeu_si128(a.as_mut_ptr() as *mut __m128i, r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Plain f64 softmax attention: the tolerance covers the f16 storage and accumulator.
+    #[test]
+    fn matches_a_plain_softmax_within_f16_rounding() {
+        let (n_head, n_kv, hd, n_tok) = (4, 2, 64, 37);
+        let kv_dim = n_kv * hd;
+        let mut pool = KvPool::new(64, kv_dim);
+        let k = rand_vec(n_tok * kv_dim, 1);
+        let v = rand_vec(n_tok * kv_dim, 2);
+        // Scatter the positions over blocks in a non-trivial order.
+        let table = vec![2u32, 0, 3];
+        let slot = |p: usize| table[p / 16] as usize * 16 + p % 16;
+        for p in 0..n_tok {
+            pool.write(slot(p), &k[p * kv_dim..(p + 1) * kv_dim], &v[p * kv_dim..(p + 1) * kv_dim]);
+        }
+        let q = rand_vec(n_tok * n_head * hd, 3);
+        let positions: Vec<u32> = (0..n_tok as u32).collect();
+        let seq_index = vec![0u32; n_tok];
+        let tables = vec![table.clone()];
+        let rows = AttnRows {
+            positions: &positions,
+            seq_index: &seq_index,
+            block_tables: &tables,
+            block_size: 16,
+        };
+        for window in [None, Some(5)] {
+            let g = Geometry {
+                n_head,
+                n_kv_head: n_kv,
+                head_dim: hd,
+                window,
+                scale: 0.125,
+            };
+            let mut out = vec![f32::NAN; q.len()];
+            attention(&q, &pool, &g, &rows, &mut out);
+            for t in 0..n_tok {
+                for h in 0..n_head {
+                    let kvh = h / 2;
+                    let lo = window.map_or(0, |w| (t + 1).saturating_sub(w));
+                    let qv = &q[(t * n_head + h) * hd..][..hd];
+                    let scores: Vec<f64> = (lo..=t)
+                        .map(|p| {
+                            let kr = &k[p * kv_dim + kvh * hd..][..hd];
+                            qv.iter().zip(kr).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * 0.125
+                        })
+                        .collect();
+                    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        let want: f64 = (lo..=t).zip(&e).map(|(p, w)| w * v[p * kv_dim + kvh * hd + d] as f64).sum::<f64>() / z;
+                        let got = out[(t * n_head + h) * hd + d] as f64;
+                        assert!((got - want).abs() < 4e-3, "t={t} h={h} d={d}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_scalar_helpers_agree_exactly() {
+        if !f16_simd() {
+            return;
+        }
+        let a: Vec<f16> = rand_vec(64, 4).iter().map(|&x| f16::from_f32(x)).collect();
+        let b: Vec<f16> = rand_vec(64, 5).iter().map(|&x| f16::from_f32(x)).collect();
+        let mut x = a.clone();
+        let mut y = a.clone();
+        mad_f16(true, &mut x, &b, 0.37);
+        mad_f16(false, &mut y, &b, 0.37);
+        assert_eq!(x, y);
+        scale_f16(true, &mut x, 0.61);
+        scale_f16(false, &mut y, 0.61);
+        assert_eq!(x, y);
+        let (d1, d2) = (dot_f16(true, &a, &b), dot_f16(false, &a, &b));
+        assert!((d1 - d2).abs() < 1e-5);
+    }
 }
