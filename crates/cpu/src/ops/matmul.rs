@@ -10,7 +10,7 @@ use kestrel_gguf::quant::dequantize_row;
 use kestrel_gguf::GgmlType;
 use rayon::prelude::*;
 
-use crate::quant_dot::{self, ActFormat, Acts, SimdLevel, TILE};
+use crate::quant_dot::{self, ActFormat, Acts, Layout, SimdLevel, TILE};
 
 /// A 2-D GGUF tensor: ggml shape `[cols (ne0, contiguous), rows (ne1)]`, rows packed back to
 /// back in the type's block format.
@@ -91,7 +91,12 @@ pub fn matmul_with(
         return;
     }
     let (kernel, level) = quant_dot::row_kernel(w.ty, level).expect("supported type");
-    let acts = Acts::new(fmt, x, n_tokens, cols, level != SimdLevel::Scalar);
+    let layout = if level == SimdLevel::Scalar {
+        Layout::Blocks
+    } else {
+        Layout::Planes
+    };
+    let acts = Acts::new(fmt, x, n_tokens, cols, layout);
 
     let chunk = rows_per_task(rows);
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -104,8 +109,9 @@ pub fn matmul_with(
             for r in c * chunk..r_end {
                 // SAFETY: this task alone writes rows `c*chunk..r_end` of every token;
                 // `out` holds `n_tokens × rows` values (checked above); the kernel was
-                // selected for a level the CPU supports and `w.row(r)` is one row.
-                unsafe { kernel(w.row(r), &acts, t0, nt, out_ptr.0.add(t0 * rows + r), rows) };
+                // selected for a level the CPU supports and `row` is one weight row.
+                let row = &w.data[r * rb..(r + 1) * rb];
+                unsafe { kernel(row, &acts, t0, nt, out_ptr.0.add(t0 * rows + r), rows) };
             }
             t0 += nt;
         }

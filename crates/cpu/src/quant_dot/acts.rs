@@ -85,13 +85,52 @@ pub struct Acts<'a> {
     pub bsums: Vec<i16>,
 }
 
+/// Position of element `i` of block `b` in a token's code plane. Q8_K: linear. Q8_0 / Q8_1:
+/// blocks are paired and their 16-element halves interleaved, `[2p: 0..16][2p+1: 0..16]
+/// [2p: 16..32][2p+1: 16..32]`, so that one 256-bit integer dot over each half of a pair
+/// leaves the two blocks' sums in separate 128-bit lanes.
+#[inline]
+pub fn code_pos(fmt: ActFormat, b: usize, i: usize) -> usize {
+    match fmt {
+        ActFormat::Q8_K => b * 256 + i,
+        _ => (b / 2) * 64 + (i / 16) * 32 + (b % 2) * 16 + i % 16,
+    }
+}
+
+/// Raw plane pointers shared by the per-token quantizer tasks (each writes its own rows).
+#[cfg(target_arch = "x86_64")]
+struct Planes {
+    qs: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    bsums: *mut i16,
+}
+
+// SAFETY: the tasks write disjoint per-token rows (see `Acts::simd_planes`).
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for Planes {}
+
 /// Token count from which quantization is spread over the thread pool.
 const PAR_TOKENS: usize = 4;
 
+/// Which layout [`Acts::new`] builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Standard blocks from the gguf reference quantizers (scalar path).
+    Blocks,
+    /// Planes from the SIMD quantizers (needs AVX2; bit-identical to `PlanesReference`).
+    Planes,
+    /// Planes split from the reference blocks (for tests and CPUs without AVX2).
+    PlanesReference,
+}
+
 impl<'a> Acts<'a> {
-    /// Quantize `x` (`n_tokens × cols`) for `fmt`. `planes` picks the SIMD layout, otherwise
-    /// the standard blocks are built.
-    pub fn new(fmt: ActFormat, x: &'a [f32], n_tokens: usize, cols: usize, planes: bool) -> Self {
+    /// Quantize `x` (`n_tokens × cols`) for `fmt` into `layout`.
+    ///
+    /// # Panics
+    /// If `x` is short, `cols` is not a whole number of blocks, or `Planes` is asked for on a
+    /// CPU without AVX2.
+    pub fn new(fmt: ActFormat, x: &'a [f32], n_tokens: usize, cols: usize, layout: Layout) -> Self {
         assert!(
             x.len() >= n_tokens * cols,
             "activations: {} values < {n_tokens} × {cols}",
@@ -122,39 +161,100 @@ impl<'a> Acts<'a> {
         if fmt == ActFormat::F32 {
             return a;
         }
-        a.blocks = vec![0u8; n_tokens * a.row_bytes];
+        match layout {
+            Layout::Blocks => a.blocks = a.reference_blocks(),
+            Layout::PlanesReference => {
+                let blocks = a.reference_blocks();
+                a.split_planes(&blocks);
+            }
+            Layout::Planes => a.simd_planes(),
+        }
+        a
+    }
+
+    fn reference_blocks(&self) -> Vec<u8> {
+        let (fmt, cols) = (self.fmt, self.cols);
+        let mut blocks = vec![0u8; self.n_tokens * self.row_bytes];
         let quant = |(xr, br): (&[f32], &mut [u8])| match fmt {
             ActFormat::Q8_0 => quantize_q8_0(xr, br),
             ActFormat::Q8_1 => quantize_q8_1(xr, br),
             ActFormat::Q8_K => quantize_q8_k(xr, br),
             ActFormat::F32 => unreachable!(),
         };
-        if n_tokens >= PAR_TOKENS {
-            x.par_chunks_exact(cols)
-                .zip(a.blocks.par_chunks_exact_mut(a.row_bytes))
+        let rows = self.x.chunks_exact(cols);
+        if self.n_tokens >= PAR_TOKENS {
+            self.x
+                .par_chunks_exact(cols)
+                .zip(blocks.par_chunks_exact_mut(self.row_bytes))
                 .for_each(quant);
         } else {
-            x.chunks_exact(cols)
-                .zip(a.blocks.chunks_exact_mut(a.row_bytes))
+            rows.zip(blocks.chunks_exact_mut(self.row_bytes))
                 .for_each(quant);
         }
-        if planes {
-            let blocks = std::mem::take(&mut a.blocks);
-            a.split_planes(&blocks);
+        blocks
+    }
+
+    fn alloc_planes(&mut self) {
+        let nt = self.n_tokens;
+        self.qs = vec![Line([0; 64]); nt * self.qs_stride / 64];
+        self.d = vec![0.0; nt * self.sd_stride];
+        self.s = vec![0.0; nt * self.sd_stride];
+        if self.fmt == ActFormat::Q8_K {
+            self.bsums = vec![0; nt * self.nb * 16];
         }
-        a
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn simd_planes(&mut self) {
+        use super::x86::quantize::{q8_0_row, q8_k_row};
+        assert!(
+            super::detected() >= super::SimdLevel::Avx2,
+            "SIMD quantizer needs AVX2"
+        );
+        self.alloc_planes();
+        let (fmt, cols, nb) = (self.fmt, self.cols, self.nb);
+        let (qs_stride, sd) = (self.qs_stride, self.sd_stride);
+        let x = self.x;
+        let planes = Planes {
+            qs: self.qs.as_mut_ptr() as *mut i8,
+            d: self.d.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            bsums: self.bsums.as_mut_ptr(),
+        };
+        let row = |t: usize| {
+            let p = &planes;
+            let xr = &x[t * cols..(t + 1) * cols];
+            // SAFETY: each token writes only its own rows of the planes, which were allocated
+            // above with these strides; AVX2 was checked above.
+            unsafe {
+                let qs = std::slice::from_raw_parts_mut(p.qs.add(t * qs_stride), qs_stride);
+                let d = std::slice::from_raw_parts_mut(p.d.add(t * sd), sd);
+                if fmt == ActFormat::Q8_K {
+                    let bsums = std::slice::from_raw_parts_mut(p.bsums.add(t * nb * 16), nb * 16);
+                    q8_k_row(xr, qs, d, bsums);
+                } else {
+                    let s = std::slice::from_raw_parts_mut(p.s.add(t * sd), sd);
+                    q8_0_row(xr, qs, d, s, fmt == ActFormat::Q8_1);
+                }
+            }
+        };
+        if self.n_tokens >= PAR_TOKENS {
+            (0..self.n_tokens).into_par_iter().for_each(row);
+        } else {
+            (0..self.n_tokens).for_each(row);
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn simd_planes(&mut self) {
+        panic!("SIMD quantizer needs x86-64 AVX2");
     }
 
     /// Fill the plane layout from the standard blocks.
     fn split_planes(&mut self, blocks: &[u8]) {
         let (nt, nb, bb) = (self.n_tokens, self.nb, self.fmt.block_bytes());
-        self.qs = vec![Line([0; 64]); nt * self.qs_stride / 64];
-        self.d = vec![0.0; nt * self.sd_stride];
-        self.s = vec![0.0; nt * self.sd_stride];
-        if self.fmt == ActFormat::Q8_K {
-            self.bsums = vec![0; nt * nb * 16];
-        }
-        let blk = self.fmt.block();
+        self.alloc_planes();
+        let fmt = self.fmt;
         for t in 0..nt {
             let row = &blocks[t * self.row_bytes..(t + 1) * self.row_bytes];
             let qs_off = t * self.qs_stride;
@@ -179,9 +279,9 @@ impl<'a> Acts<'a> {
                 };
                 self.d[t * self.sd_stride + b] = d;
                 self.s[t * self.sd_stride + b] = s;
-                let dst = &mut self.qs_mut()[qs_off + b * blk..qs_off + (b + 1) * blk];
-                for (q, &c) in dst.iter_mut().zip(codes) {
-                    *q = c as i8;
+                let qs = self.qs_mut();
+                for (i, &c) in codes.iter().enumerate() {
+                    qs[qs_off + code_pos(fmt, b, i)] = c as i8;
                 }
             }
         }

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use kestrel_gguf::GgmlType;
 
-pub use acts::{ActFormat, Acts};
+pub use acts::{ActFormat, Acts, Layout};
 
 /// Which kernel family runs. Ordered: a level implies every lower one is usable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -2,44 +2,65 @@
 //!
 //! Unsigned codes `c` (0..15 or 0..31) go straight into the u8 side of the integer dot; the
 //! offset (Q4_0: −8, Q5_0: −16) or min (Q4_1, Q5_1) is added per block as `k_w · s_a`, with
-//! `s_a = d_a·Σq` from the activation planes: `k_w = −8·d_w`, `−16·d_w` or `m_w`. Those
-//! products are collected for up to 64 blocks and then summed 8 blocks per FMA. Q8_0 weights
-//! are signed and use `|w| × sign(q, w)` instead.
+//! `s_a = d_a·Σq` from the activation planes: `k_w = −8·d_w`, `−16·d_w` or `m_w`, 8 blocks per
+//! FMA. Q8_0 weights are signed and use `|w| × sign(q, w)` instead.
 
 use core::arch::x86_64::*;
 
-use super::{f16_at, hsum, Engine, Rows};
+use super::{f16x8, hsum, Engine, Rows};
 use crate::quant_dot::Acts;
-
-/// One decoded weight block.
-pub(crate) struct Block {
-    /// 32 codes, element `i` in byte `i` (unsigned, or signed for `SIGNED` types).
-    pub codes: __m256i,
-    pub d: f32,
-    /// Per-block coefficient of `s_a` (unused for `SIGNED` types).
-    pub k: f32,
-}
 
 pub(crate) trait Legacy {
     const BYTES: usize;
     /// Codes are signed int8 (Q8_0): no offset term.
     const SIGNED: bool;
-    unsafe fn decode<E: Engine>(p: *const u8) -> Block;
+    /// The block has an f16 min `m` at byte 2 (Q4_1, Q5_1); else `k_w = OFFSET · d_w`.
+    const HAS_M: bool;
+    const OFFSET: f32;
+    /// Codes of blocks `a` and `b` (`b` absent: zeros) in the pair-interleaved layout:
+    /// (`[a 0..16 | b 0..16]`, `[a 16..32 | b 16..32]`), one code per byte.
+    unsafe fn pair<E: Engine>(a: *const u8, b: Option<*const u8>) -> (__m256i, __m256i);
 }
 
-/// 16 bytes of nibbles → element `i` in byte `i` (low nibbles 0..15, high nibbles 16..31).
+/// Two 16-byte fields at offset `off` of blocks `a` and `b` (absent: zeros) as one vector.
 #[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
-    let x = _mm_loadu_si128(p as *const __m128i);
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(x), x);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+unsafe fn load2(a: *const u8, b: Option<*const u8>, off: usize) -> __m256i {
+    let la = _mm_loadu_si128(a.add(off) as *const __m128i);
+    let lb = match b {
+        Some(b) => _mm_loadu_si128(b.add(off) as *const __m128i),
+        None => _mm_setzero_si128(),
+    };
+    _mm256_set_m128i(lb, la)
 }
 
-/// Bit 4 of each code from the 32-bit `qh` word at `p`.
+/// Nibble codes of a pair: low nibbles are elements 0..16, high nibbles 16..32.
 #[inline(always)]
-unsafe fn fifth_bits<E: Engine>(p: *const u8) -> __m256i {
-    let qh = (p as *const u32).read_unaligned();
-    _mm256_and_si256(E::bit_mask(qh), _mm256_set1_epi8(0x10))
+unsafe fn nibbles2(a: *const u8, b: Option<*const u8>, qs: usize) -> (__m256i, __m256i) {
+    let x = load2(a, b, qs);
+    let m = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(x, m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(x), m),
+    )
+}
+
+/// Adds bit 4 from the 32-bit `qh` words at offset `qh` of a pair (bit `i` = element `i`).
+#[inline(always)]
+unsafe fn fifth_bits2<E: Engine>(
+    a: *const u8,
+    b: Option<*const u8>,
+    qh: usize,
+    (lo, hi): (__m256i, __m256i),
+) -> (__m256i, __m256i) {
+    let ha = (a.add(qh) as *const u32).read_unaligned();
+    let hb = b.map_or(0, |b| (b.add(qh) as *const u32).read_unaligned());
+    let m = _mm256_set1_epi8(0x10);
+    let bits_lo = E::bit_mask((ha & 0xFFFF) | (hb << 16));
+    let bits_hi = E::bit_mask((ha >> 16) | (hb & 0xFFFF_0000));
+    (
+        _mm256_or_si256(lo, _mm256_and_si256(bits_lo, m)),
+        _mm256_or_si256(hi, _mm256_and_si256(bits_hi, m)),
+    )
 }
 
 #[allow(non_camel_case_types)]
@@ -56,77 +77,65 @@ pub(crate) struct Q8_0;
 impl Legacy for Q4_0 {
     const BYTES: usize = 18;
     const SIGNED: bool = false;
+    const HAS_M: bool = false;
+    const OFFSET: f32 = -8.0;
     #[inline(always)]
-    unsafe fn decode<E: Engine>(p: *const u8) -> Block {
-        let d = f16_at(p);
-        Block {
-            codes: nibbles(p.add(2)),
-            d,
-            k: -8.0 * d,
-        }
+    unsafe fn pair<E: Engine>(a: *const u8, b: Option<*const u8>) -> (__m256i, __m256i) {
+        nibbles2(a, b, 2)
     }
 }
 
 impl Legacy for Q4_1 {
     const BYTES: usize = 20;
     const SIGNED: bool = false;
+    const HAS_M: bool = true;
+    const OFFSET: f32 = 0.0;
     #[inline(always)]
-    unsafe fn decode<E: Engine>(p: *const u8) -> Block {
-        Block {
-            codes: nibbles(p.add(4)),
-            d: f16_at(p),
-            k: f16_at(p.add(2)),
-        }
+    unsafe fn pair<E: Engine>(a: *const u8, b: Option<*const u8>) -> (__m256i, __m256i) {
+        nibbles2(a, b, 4)
     }
 }
 
 impl Legacy for Q5_0 {
     const BYTES: usize = 22;
     const SIGNED: bool = false;
+    const HAS_M: bool = false;
+    const OFFSET: f32 = -16.0;
     #[inline(always)]
-    unsafe fn decode<E: Engine>(p: *const u8) -> Block {
-        let d = f16_at(p);
-        let codes = _mm256_or_si256(nibbles(p.add(6)), fifth_bits::<E>(p.add(2)));
-        Block {
-            codes,
-            d,
-            k: -16.0 * d,
-        }
+    unsafe fn pair<E: Engine>(a: *const u8, b: Option<*const u8>) -> (__m256i, __m256i) {
+        fifth_bits2::<E>(a, b, 2, nibbles2(a, b, 6))
     }
 }
 
 impl Legacy for Q5_1 {
     const BYTES: usize = 24;
     const SIGNED: bool = false;
+    const HAS_M: bool = true;
+    const OFFSET: f32 = 0.0;
     #[inline(always)]
-    unsafe fn decode<E: Engine>(p: *const u8) -> Block {
-        let codes = _mm256_or_si256(nibbles(p.add(8)), fifth_bits::<E>(p.add(4)));
-        Block {
-            codes,
-            d: f16_at(p),
-            k: f16_at(p.add(2)),
-        }
+    unsafe fn pair<E: Engine>(a: *const u8, b: Option<*const u8>) -> (__m256i, __m256i) {
+        fifth_bits2::<E>(a, b, 4, nibbles2(a, b, 8))
     }
 }
 
 impl Legacy for Q8_0 {
     const BYTES: usize = 34;
     const SIGNED: bool = true;
+    const HAS_M: bool = false;
+    const OFFSET: f32 = 0.0;
     #[inline(always)]
-    unsafe fn decode<E: Engine>(p: *const u8) -> Block {
-        let codes = _mm256_loadu_si256(p.add(2) as *const __m256i);
-        Block {
-            codes,
-            d: f16_at(p),
-            k: 0.0,
-        }
+    unsafe fn pair<E: Engine>(a: *const u8, b: Option<*const u8>) -> (__m256i, __m256i) {
+        (load2(a, b, 2), load2(a, b, 18))
     }
 }
 
-/// Blocks whose `k_w` are buffered before the offset pass.
-const CHUNK: usize = 64;
-
 /// Dots of one weight row with activation rows `t0..t0+T`.
+///
+/// Blocks go in pairs, in the activation planes' pair-interleaved order (`acts.rs`): two
+/// integer dots leave block `2p`'s partial sums in lanes 0..4 and block `2p+1`'s in lanes
+/// 4..8, so one convert and one FMA (with the pair's scales `d_w·d_a` spread by one permute)
+/// finish both. The f16 weight scales of 8 blocks are widened with one `vcvtph2ps`. Scale and
+/// code planes are zero padded to whole groups of 8 blocks and whole pairs.
 #[inline(always)]
 pub(crate) unsafe fn legacy_rows<E: Engine, B: Legacy, const T: usize>(
     w: &[u8],
@@ -139,47 +148,63 @@ pub(crate) unsafe fn legacy_rows<E: Engine, B: Legacy, const T: usize>(
     assert_eq!(w.len(), nb * B::BYTES);
     let rows = Rows::<T>::new(a, t0);
     let wp = w.as_ptr();
+    let zero = _mm256_setzero_si256();
     let mut acc = [_mm256_setzero_ps(); T];
     let mut off = [_mm256_setzero_ps(); T];
-    let mut kbuf = [0f32; CHUNK];
-    let mut b0 = 0;
-    while b0 < nb {
-        let n = (nb - b0).min(CHUNK);
-        for (i, k) in kbuf[..n].iter_mut().enumerate() {
-            let b = b0 + i;
-            let blk = B::decode::<E>(wp.add(b * B::BYTES));
-            *k = blk.k;
-            let dw = _mm256_set1_ps(blk.d);
-            let u = if B::SIGNED {
-                _mm256_sign_epi8(blk.codes, blk.codes)
-            } else {
-                blk.codes
-            };
-            for t in 0..T {
-                let q = _mm256_loadu_si256(rows.qs[t].add(32 * b) as *const __m256i);
-                let s = if B::SIGNED {
-                    _mm256_sign_epi8(q, blk.codes)
-                } else {
-                    q
-                };
-                let dot = E::dot_u8i8(_mm256_setzero_si256(), u, s);
-                let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*rows.d[t].add(b)));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
-            }
+    for b0 in (0..nb).step_by(8) {
+        let n = (nb - b0).min(8);
+        let gp = wp.add(b0 * B::BYTES);
+        let dw = f16x8(gp, B::BYTES, n);
+        let mut scale = [_mm256_setzero_ps(); T];
+        for t in 0..T {
+            scale[t] = _mm256_mul_ps(dw, _mm256_loadu_ps(rows.d[t].add(b0)));
         }
         if !B::SIGNED {
-            // `s` rows are zero padded to a multiple of 8 blocks; pad `k` the same way.
-            let n8 = n.div_ceil(8) * 8;
-            kbuf[n..n8].fill(0.0);
-            for j in (0..n8).step_by(8) {
-                let kv = _mm256_loadu_ps(kbuf.as_ptr().add(j));
-                for t in 0..T {
-                    let sv = _mm256_loadu_ps(rows.s[t].add(b0 + j));
-                    off[t] = _mm256_fmadd_ps(kv, sv, off[t]);
-                }
+            let k = if B::HAS_M {
+                f16x8(gp.add(2), B::BYTES, n)
+            } else {
+                _mm256_mul_ps(dw, _mm256_set1_ps(B::OFFSET))
+            };
+            for t in 0..T {
+                off[t] = _mm256_fmadd_ps(k, _mm256_loadu_ps(rows.s[t].add(b0)), off[t]);
             }
         }
-        b0 += n;
+        for p in 0..n.div_ceil(2) {
+            let pa = gp.add(2 * p * B::BYTES);
+            let pb = if 2 * p + 1 < n {
+                Some(pa.add(B::BYTES))
+            } else {
+                None
+            };
+            let (c1, c2) = B::pair::<E>(pa, pb);
+            let (u1, u2) = if B::SIGNED {
+                (_mm256_sign_epi8(c1, c1), _mm256_sign_epi8(c2, c2))
+            } else {
+                (c1, c2)
+            };
+            let idx = _mm256_set_epi32(
+                2 * p as i32 + 1,
+                2 * p as i32 + 1,
+                2 * p as i32 + 1,
+                2 * p as i32 + 1,
+                2 * p as i32,
+                2 * p as i32,
+                2 * p as i32,
+                2 * p as i32,
+            );
+            for t in 0..T {
+                let q = rows.qs[t].add(32 * (b0 + 2 * p));
+                let mut q1 = _mm256_loadu_si256(q as *const __m256i);
+                let mut q2 = _mm256_loadu_si256(q.add(32) as *const __m256i);
+                if B::SIGNED {
+                    q1 = _mm256_sign_epi8(q1, c1);
+                    q2 = _mm256_sign_epi8(q2, c2);
+                }
+                let dot = E::dot_u8i8(E::dot_u8i8(zero, u1, q1), u2, q2);
+                let sc = _mm256_permutevar8x32_ps(scale[t], idx);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[t]);
+            }
+        }
     }
     for t in 0..T {
         *out.add(t * os) = hsum(_mm256_add_ps(acc[t], off[t]));

@@ -14,6 +14,7 @@
 mod float;
 mod kquants;
 mod legacy;
+pub(super) mod quantize;
 
 use core::arch::x86_64::*;
 
@@ -92,6 +93,22 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
 pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     let h = (p as *const u16).read_unaligned();
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// The f16 fields at `p + i·stride` for `i < n` (`n` ≤ 8) as f32 lanes; lanes >= n are 0.
+#[inline(always)]
+pub(super) unsafe fn f16x8(p: *const u8, stride: usize, n: usize) -> __m256 {
+    let h = |i: usize| (p.add(i * stride) as *const i16).read_unaligned();
+    let v = if n == 8 {
+        _mm_set_epi16(h(7), h(6), h(5), h(4), h(3), h(2), h(1), h(0))
+    } else {
+        let mut a = [0i16; 8];
+        for (i, v) in a[..n].iter_mut().enumerate() {
+            *v = h(i);
+        }
+        _mm_loadu_si128(a.as_ptr() as *const __m128i)
+    };
+    _mm256_cvtph_ps(v)
 }
 
 /// Per-token row pointers into the activation planes.
