@@ -169,40 +169,43 @@ pub(crate) unsafe fn legacy_rows<E: Engine, B: Legacy, const T: usize>(
                 off[t] = _mm256_fmadd_ps(k, _mm256_loadu_ps(rows.s[t].add(b0)), off[t]);
             }
         }
-        for p in 0..n.div_ceil(2) {
-            let pa = gp.add(2 * p * B::BYTES);
-            let pb = if 2 * p + 1 < n {
-                Some(pa.add(B::BYTES))
-            } else {
-                None
-            };
-            let (c1, c2) = B::pair::<E>(pa, pb);
-            let (u1, u2) = if B::SIGNED {
-                (_mm256_sign_epi8(c1, c1), _mm256_sign_epi8(c2, c2))
-            } else {
-                (c1, c2)
-            };
-            let idx = _mm256_set_epi32(
-                2 * p as i32 + 1,
-                2 * p as i32 + 1,
-                2 * p as i32 + 1,
-                2 * p as i32 + 1,
-                2 * p as i32,
-                2 * p as i32,
-                2 * p as i32,
-                2 * p as i32,
-            );
-            for t in 0..T {
-                let q = rows.qs[t].add(32 * (b0 + 2 * p));
-                let mut q1 = _mm256_loadu_si256(q as *const __m256i);
-                let mut q2 = _mm256_loadu_si256(q.add(32) as *const __m256i);
-                if B::SIGNED {
-                    q1 = _mm256_sign_epi8(q1, c1);
-                    q2 = _mm256_sign_epi8(q2, c2);
+        // One pair: blocks 2p and 2p+1 (if `has_b`) of this group. A macro rather than a
+        // closure: closures carry no target features, so the intrinsics would not inline.
+        macro_rules! pair {
+            ($p:expr, $has_b:expr) => {{
+                let (p, has_b): (usize, bool) = ($p, $has_b);
+                let pa = gp.add(2 * p * B::BYTES);
+                let (c1, c2) = B::pair::<E>(pa, has_b.then(|| pa.add(B::BYTES)));
+                let (u1, u2) = if B::SIGNED {
+                    (_mm256_sign_epi8(c1, c1), _mm256_sign_epi8(c2, c2))
+                } else {
+                    (c1, c2)
+                };
+                let (i0, i1) = (2 * p as i32, 2 * p as i32 + 1);
+                let idx = _mm256_set_epi32(i1, i1, i1, i1, i0, i0, i0, i0);
+                for t in 0..T {
+                    let q = rows.qs[t].add(32 * (b0 + 2 * p));
+                    let mut q1 = _mm256_loadu_si256(q as *const __m256i);
+                    let mut q2 = _mm256_loadu_si256(q.add(32) as *const __m256i);
+                    if B::SIGNED {
+                        q1 = _mm256_sign_epi8(q1, c1);
+                        q2 = _mm256_sign_epi8(q2, c2);
+                    }
+                    let dot = E::dot_u8i8(E::dot_u8i8(zero, u1, q1), u2, q2);
+                    let sc = _mm256_permutevar8x32_ps(scale[t], idx);
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[t]);
                 }
-                let dot = E::dot_u8i8(E::dot_u8i8(zero, u1, q1), u2, q2);
-                let sc = _mm256_permutevar8x32_ps(scale[t], idx);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[t]);
+            }};
+        }
+        if n == 8 {
+            // Constant pair indices: the permutes' index vectors become constants.
+            pair!(0, true);
+            pair!(1, true);
+            pair!(2, true);
+            pair!(3, true);
+        } else {
+            for p in 0..n.div_ceil(2) {
+                pair!(p, 2 * p + 1 < n);
             }
         }
     }

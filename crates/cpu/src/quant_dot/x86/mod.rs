@@ -98,17 +98,23 @@ pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
 /// The f16 fields at `p + i·stride` for `i < n` (`n` ≤ 8) as f32 lanes; lanes >= n are 0.
 #[inline(always)]
 pub(super) unsafe fn f16x8(p: *const u8, stride: usize, n: usize) -> __m256 {
-    let h = |i: usize| (p.add(i * stride) as *const i16).read_unaligned();
-    let v = if n == 8 {
-        _mm_set_epi16(h(7), h(6), h(5), h(4), h(3), h(2), h(1), h(0))
-    } else {
-        let mut a = [0i16; 8];
-        for (i, v) in a[..n].iter_mut().enumerate() {
-            *v = h(i);
+    let h = |i: usize| {
+        if i < n {
+            (p.add(i * stride) as *const i16).read_unaligned()
+        } else {
+            0
         }
-        _mm_loadu_si128(a.as_ptr() as *const __m128i)
     };
-    _mm256_cvtph_ps(v)
+    _mm256_cvtph_ps(_mm_set_epi16(
+        h(7),
+        h(6),
+        h(5),
+        h(4),
+        h(3),
+        h(2),
+        h(1),
+        h(0),
+    ))
 }
 
 /// Per-token row pointers into the activation planes.
