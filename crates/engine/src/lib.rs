@@ -7,9 +7,14 @@ pub mod forward;
 pub mod generate;
 pub mod kv;
 pub mod sampler;
+pub mod scheduler;
 pub mod weights;
 
 pub use backend::{AttnGeom, Backend, StepInfo, WeightRef, KV_BLOCK};
 pub use engine::{BatchEntry, Engine, EngineConfig, EngineError, SeqId};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, StepLogprobs};
 pub use sampler::{Sampler, SamplerParams};
+pub use scheduler::{
+    Event, Request, RequestId, Scheduler, SchedulerConfig, StepOutput, StepStats, SubmitError,
+    Usage,
+};
