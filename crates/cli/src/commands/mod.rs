@@ -5,4 +5,5 @@ pub mod chat;
 pub mod inspect;
 pub mod pull;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
