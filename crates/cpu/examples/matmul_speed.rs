@@ -68,8 +68,10 @@ fn main() {
             .filter(|&l| l <= quant_dot::detected())
             .collect();
     }
-    let tg = !args.iter().any(|a| a == "--pp-only");
-    let pp = !args.iter().any(|a| a == "--tg-only");
+    let only = |f: &str| args.iter().any(|a| a == f);
+    let tg = !only("--pp-only") && !only("--model-only");
+    let pp = !only("--tg-only") && !only("--model-only");
+    let model = !only("--tg-only") && !only("--pp-only");
     println!(
         "rayon threads: {}, detected SIMD: {:?}, levels: {:?}",
         rayon::current_num_threads(),
@@ -183,5 +185,88 @@ fn main() {
             }
             println!("{line}");
         }
+    }
+    if model {
+        println!("\nwhole-model matmuls (qwen2.5-coder-0.5b shapes)");
+        for &level in &levels {
+            model_pass(level, false);
+            // The same pass run inside the pool, as a forward pass wrapped in the pool would.
+            rayon::scope(|_| model_pass(level, true));
+        }
+    }
+}
+
+/// (type, rows, cols, bytes)
+type Matrix = (GgmlType, usize, usize, Vec<u8>);
+
+/// All matmuls of one qwen2.5-coder-0.5b forward pass (24 layers: Q5_0 q/k/v/o/gate/up,
+/// Q6_K ffn_down; Q8_0 output head), each layer with its own weights so nothing stays in
+/// cache. tg: 1 token through everything; pp: 512 tokens through the layers plus the head for
+/// the last token (as a prompt pass computes it). Prints the matmul-only time and the token
+/// rate it would allow, with the caller outside the rayon pool or inside it.
+fn model_pass(level: SimdLevel, in_pool: bool) {
+    let (d, kv, ff, vocab, layers) = (896, 128, 4864, 151936, 24);
+    let shapes = [
+        (Q5_0, d, d),
+        (Q5_0, kv, d),
+        (Q5_0, kv, d),
+        (Q5_0, d, d),
+        (Q5_0, ff, d),
+        (Q5_0, ff, d),
+        (Q6_K, d, ff),
+    ];
+    let layer_w: Vec<Vec<Matrix>> = (0..layers)
+        .map(|_| {
+            shapes
+                .iter()
+                .map(|&(ty, rows, cols)| (ty, rows, cols, weights(ty, rows, cols)))
+                .collect()
+        })
+        .collect();
+    let head = weights(Q8_0, vocab, d);
+    let bytes: usize = layer_w.iter().flatten().map(|w| w.3.len()).sum::<usize>() + head.len();
+    let mut rng = StdRng::seed_from_u64(5);
+    for n in [1usize, 512] {
+        let x: Vec<f32> = (0..n * ff).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut out = vec![0f32; (n * ff).max(vocab)];
+        let mut flop = 0.0;
+        let runs = if n == 1 { 5 } else { 2 };
+        let mut best = f64::INFINITY;
+        for _ in 0..runs {
+            let t = Instant::now();
+            for layer in &layer_w {
+                for (ty, rows, cols, data) in layer {
+                    let w = WeightMatrix {
+                        ty: *ty,
+                        data,
+                        rows: *rows,
+                        cols: *cols,
+                    };
+                    matmul_with(level, &w, &x, n, &mut out);
+                }
+            }
+            let w = WeightMatrix {
+                ty: Q8_0,
+                data: &head,
+                rows: vocab,
+                cols: d,
+            };
+            matmul_with(level, &w, &x[(n - 1) * d..], 1, &mut out);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        for (_, rows, cols) in shapes {
+            flop += 2.0 * (rows * cols * n * layers) as f64;
+        }
+        flop += 2.0 * (vocab * d) as f64;
+        println!(
+            "{:<6} {:<14} n_tokens={n:>3}: {:8.2} ms per pass, {:6.1} tokens/s, {:5.1} GB/s of {:.0} MB, {:5.1} GFLOP/s",
+            level.name(),
+            if in_pool { "inside pool" } else { "outside pool" },
+            best * 1e3,
+            n as f64 / best,
+            bytes as f64 / best / 1e9,
+            bytes as f64 / 1e6,
+            flop / best / 1e9
+        );
     }
 }
