@@ -13,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use kestrel_engine::{Event, FinishReason, StepLogprobs, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -44,6 +45,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            refuse_large_bodies,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_responses,
         ))
         .with_state(state)
@@ -53,6 +58,47 @@ async fn count_responses(State(st): St, req: HttpRequest, next: Next) -> Respons
     let resp = next.run(req).await;
     st.metrics.response(resp.status().as_u16());
     resp
+}
+
+/// Bodies past this are not read to the end before the 413: the connection is closed instead.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// 413 for a body whose Content-Length is over the limit. The body is read (and dropped) first,
+/// up to `DRAIN_LIMIT` bytes or 10 s: a server that answers and closes while the client is still
+/// sending makes the client fail with a broken pipe instead of reading the answer.
+async fn refuse_large_bodies(State(st): St, req: HttpRequest, next: Next) -> Response {
+    let limit = st.config.body_limit;
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if n > limit as u64 => {
+            let mut body = req.into_body().into_data_stream();
+            let drain = async {
+                let mut read = 0;
+                while let Some(Ok(chunk)) = body.next().await {
+                    read += chunk.len();
+                    if read > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+            too_large(limit).into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        format!("the request body is larger than the limit of {limit} bytes"),
+    )
+    .with_code("request_too_large")
 }
 
 async fn auth(State(st): St, req: HttpRequest, next: Next) -> Response {
@@ -158,12 +204,7 @@ fn limits(st: &AppState) -> Limits<'_> {
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::status(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!("the request body is larger than the limit of {limit} bytes"),
-            )
-            .with_code("request_too_large")
+            too_large(limit)
         } else {
             ApiError::invalid(format!("could not read the request body: {e}"), None)
         }
