@@ -1,0 +1,108 @@
+//! The CUDA C sources (`kernels/*.cu`), embedded at build time, and the functions each defines.
+//! Every module is compiled as one NVRTC program: the shared prelude (`common.cuh`), the headers
+//! it lists, then its own source.
+
+pub const COMMON: &str = include_str!("../kernels/common.cuh");
+pub const DEQUANT: &str = include_str!("../kernels/dequant.cuh");
+
+pub struct KernelModule {
+    pub name: &'static str,
+    /// Headers placed after `common.cuh`, in order.
+    pub headers: &'static [&'static str],
+    pub source: &'static str,
+    /// `extern "C"` kernels the module defines.
+    pub functions: &'static [&'static str],
+}
+
+impl KernelModule {
+    /// The full program text NVRTC compiles.
+    pub fn program(&self) -> String {
+        let mut s = String::with_capacity(COMMON.len() + self.source.len() + 4096);
+        s.push_str(COMMON);
+        for h in self.headers {
+            s.push('\n');
+            s.push_str(h);
+        }
+        s.push('\n');
+        s.push_str(self.source);
+        s
+    }
+}
+
+pub const MODULES: &[KernelModule] = &[
+    KernelModule {
+        name: "embed",
+        headers: &[DEQUANT],
+        source: include_str!("../kernels/embed.cu"),
+        functions: &["embed"],
+    },
+    KernelModule {
+        name: "norm",
+        headers: &[],
+        source: include_str!("../kernels/norm.cu"),
+        functions: &["rms_norm"],
+    },
+    KernelModule {
+        name: "rope",
+        headers: &[],
+        source: include_str!("../kernels/rope.cu"),
+        functions: &["rope"],
+    },
+    KernelModule {
+        name: "quantize",
+        headers: &[],
+        source: include_str!("../kernels/quantize.cu"),
+        functions: &["quantize_q8_1", "quantize_q8_k"],
+    },
+    KernelModule {
+        name: "matvec",
+        headers: &[DEQUANT],
+        source: include_str!("../kernels/matvec.cu"),
+        functions: &[
+            "matvec_q4_0",
+            "matvec_q4_1",
+            "matvec_q5_0",
+            "matvec_q5_1",
+            "matvec_q8_0",
+            "matvec_q2_k",
+            "matvec_q3_k",
+            "matvec_q4_k",
+            "matvec_q5_k",
+            "matvec_q6_k",
+            "matvec_f32",
+            "matvec_f16",
+            "matvec_bf16",
+        ],
+    },
+    KernelModule {
+        name: "attention",
+        headers: &[],
+        source: include_str!("../kernels/attention.cu"),
+        functions: &["attention"],
+    },
+    KernelModule {
+        name: "kv",
+        headers: &[],
+        source: include_str!("../kernels/kv.cu"),
+        functions: &["kv_write"],
+    },
+    KernelModule {
+        name: "act",
+        headers: &[],
+        source: include_str!("../kernels/act.cu"),
+        functions: &["silu_mul", "gelu_mul"],
+    },
+    KernelModule {
+        name: "elementwise",
+        headers: &[],
+        source: include_str!("../kernels/elementwise.cu"),
+        functions: &[
+            "add",
+            "add_bias",
+            "scale_by",
+            "softcap",
+            "gather_rows",
+            "fill",
+        ],
+    },
+];
