@@ -1,4 +1,25 @@
-//! CUDA backend for Kestrel (in progress): the kernel sources and their NVRTC build.
+//! CUDA backend for Kestrel: `CudaBackend` implements `kestrel_engine::Backend`, so the one
+//! generic `forward` runs on an NVIDIA GPU and gives the CPU backend's tokens.
+//!
+//! - **Loading**: cudarc with `dynamic-loading`: libcuda and libnvrtc are opened at run time, so
+//!   one binary runs with or without a GPU. `CudaBackend::new` returns an error (never panics)
+//!   when the driver, a device or NVRTC is missing.
+//! - **Kernels**: CUDA C in `kernels/*.cu` (embedded), compiled by NVRTC to a CUBIN for the
+//!   device's exact `sm_XY` when the backend is created, and cached on disk by source hash and
+//!   arch (`nvrtc.rs`). All modules load up front, so a failure is an error from `new`.
+//! - **Memory**: weights are uploaded once, in their GGUF block formats (1-D tensors decoded to
+//!   f32); KV pools are f16, `n_slots × kv_dim` per layer; activations come from a stack arena
+//!   (`arena.rs`) reset by `begin_step`; the step's metadata goes to one fixed device buffer
+//!   with one host-to-device copy (`begin_step`), and kernels read tokens, positions, slots and
+//!   block tables from there.
+//! - **Ops**: launchers in `ops/`, one per op, matching `cpu/src/ops/*`.
 
+mod arena;
+mod backend;
 pub mod kernels;
 pub mod nvrtc;
+pub mod ops;
+
+pub use backend::{
+    driver_available, supports_matmul, CudaBackend, CudaKv, CudaStep, CudaTensor, CudaWeight,
+};
