@@ -361,6 +361,24 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         "the dropped stream was cancelled"
     );
 
+    // A client that gives up on a non-streaming request: cancelled as well.
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{}/v1/completions", api.base))
+        .bearer_auth(KEY)
+        .json(&json!({"prompt": "Count from one to one hundred: one, two,", "max_tokens": 200, "temperature": 0}))
+        .send();
+    assert!(r.is_err(), "the client timed out");
+    let m = wait_idle(&api);
+    assert_eq!(
+        metric(&m, "kestrel_requests_finished_total{reason=\"cancelled\"}"),
+        before + 2.0,
+        "the abandoned request was cancelled"
+    );
+
     // Still serving.
     let ok: Value = api.chat(json!({})).json().unwrap();
     assert_eq!(ok["object"], "chat.completion");
