@@ -6,6 +6,9 @@
 //!   `|simd − scalar| ≤ 1e-5 · Σ_k (|w_k| + |o_k|)·|x̂_k|`, where `w` is the dequantized weight,
 //!   `o` its constant part (offset / min: the value with all codes zeroed) and `x̂` the
 //!   dequantized activation — the sum of the magnitudes of the terms the kernels add.
+//! - scalar vs f64 `Σ w_k·x̂_k` (dequantized weights × dequantized activations): f32 rounding,
+//!   `≤ 1e-5 · mag`, plus for Q4_1 / Q5_1 the exactly computed effect of the f16 `s` field,
+//!   `Σ_b |m_b| · |s_b − d_b·Σq_b|` (the kernels fold the min through `s`, §6.1).
 //! - scalar vs f64 `Σ w_k·x_k` on the unquantized activations: the activation-quantization
 //!   bound `Σ_blocks Σ_{i∈b} |w_i| · e_b + Σ_blocks |m_b|·32·amax_b·2⁻⁹ + 1e-5·mag`, with
 //!   `e_b = 0.57·amax_b/127` for Q8_0 / Q8_1 (half a step plus the f16 rounding of `d`) and
@@ -205,7 +208,9 @@ fn simd_levels() -> Vec<SimdLevel> {
         .collect()
 }
 
-fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32], rel: f32) {
+/// Asserts `|got − want| ≤ rel·mag` elementwise; returns the largest `|got − want| / mag`.
+fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32], rel: f32) -> f32 {
+    let mut worst = 0f32;
     for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
         let tol = rel * m + 1e-30;
         assert!(
@@ -213,7 +218,9 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32], rel: f32) {
             "{what}: element {i}: got {g}, want {w}, |diff| {} > tol {tol} (mag {m})",
             (g - w).abs()
         );
+        worst = worst.max((g - w).abs() / m);
     }
+    worst
 }
 
 fn cols_for(ty: GgmlType) -> Vec<usize> {
@@ -231,18 +238,20 @@ fn simd_paths_match_scalar_for_every_type() {
     let levels = simd_levels();
     eprintln!("detected {:?}, testing {:?}", quant_dot::detected(), levels);
     for ty in QUANT.into_iter().chain(FLOAT) {
+        let mut worst = vec![0f32; levels.len()];
         for cols in cols_for(ty) {
             for n_tokens in [1, 3, 8, 17] {
                 let case = Case::new(ty, 37, cols, n_tokens, 1);
                 let want = case.run(SimdLevel::Scalar);
                 let mag = case.magnitudes();
-                for &level in &levels {
+                for (i, &level) in levels.iter().enumerate() {
                     let got = case.run(level);
                     let what = format!("{ty} {level:?} cols {cols} tokens {n_tokens}");
-                    assert_close(&what, &got, &want, &mag, 1e-5);
+                    worst[i] = worst[i].max(assert_close(&what, &got, &want, &mag, 1e-5));
                 }
             }
         }
+        eprintln!("{ty}: max |simd − scalar| / mag per level {levels:?}: {worst:?}");
     }
 }
 
@@ -287,6 +296,57 @@ fn scalar_matches_dequantized_reference_within_activation_quantization_error() {
                 }
             }
             eprintln!("{ty} cols {cols}: max |scalar − exact| / (‖w‖·‖x‖) = {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn scalar_equals_dequantized_dot_within_f32_rounding() {
+    for ty in QUANT.into_iter().chain(FLOAT) {
+        let fmt = ActFormat::for_weight(ty).unwrap();
+        for cols in cols_for(ty) {
+            let case = Case::new(ty, 16, cols, 2, 6);
+            let got = case.run(SimdLevel::Scalar);
+            let mag = case.magnitudes();
+            let m = case.matrix();
+            let mut worst = 0f64;
+            for t in 0..case.n_tokens {
+                let x = &case.x[t * cols..(t + 1) * cols];
+                let xa = act_deq(fmt, x);
+                let blocks = if fmt == ActFormat::F32 {
+                    Vec::new()
+                } else {
+                    act_blocks(fmt, x)
+                };
+                for r in 0..case.rows {
+                    let w = deq(ty, m.row(r), cols);
+                    let want: f64 = w.iter().zip(&xa).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let mut tol = 1e-5 * mag[t * case.rows + r] as f64;
+                    if fmt == ActFormat::Q8_1 {
+                        for (b, ab) in blocks.chunks_exact(36).enumerate() {
+                            let h = |o: usize| {
+                                kestrel_gguf::quant::f16_to_f32(u16::from_le_bytes([
+                                    ab[o],
+                                    ab[o + 1],
+                                ])) as f64
+                            };
+                            let sum: f64 = ab[4..36].iter().map(|&q| q as i8 as f64).sum();
+                            let wb = &m.row(r)[b * ty.type_size()..];
+                            let mw =
+                                kestrel_gguf::quant::f16_to_f32(u16::from_le_bytes([wb[2], wb[3]]))
+                                    as f64;
+                            tol += mw.abs() * (h(2) - h(0) * sum).abs();
+                        }
+                    }
+                    let g = got[t * case.rows + r] as f64;
+                    assert!(
+                        (g - want).abs() <= tol,
+                        "{ty} cols {cols} row {r} tok {t}: scalar {g}, dequantized dot {want}, tol {tol}"
+                    );
+                    worst = worst.max((g - want).abs() / mag[t * case.rows + r] as f64);
+                }
+            }
+            eprintln!("{ty} cols {cols}: max |scalar − deq·deq| / mag = {worst:.2e}");
         }
     }
 }
