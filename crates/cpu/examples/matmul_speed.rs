@@ -1,7 +1,9 @@
 //! Matmul throughput on the shapes of qwen2.5-coder-0.5b.
 //!
-//! `cargo run --release -p kestrel-cpu --example matmul_speed [-- LEVEL... ] [--tg-only|--pp-only]`
-//! where LEVEL is scalar|avx2|avx512 (default: avx2 and avx512, as far as the CPU has them).
+//! `cargo run --release -p kestrel-cpu --example matmul_speed [-- LEVEL... ]
+//! [--tg-only|--pp-only|--model-only|--gguf PATH]` where LEVEL is scalar|avx2|avx512 (default:
+//! avx2 and avx512, as far as the CPU has them). `--gguf` times every matmul of one forward
+//! pass of a real model file (all 2-D `blk.*` tensors, then the output head).
 //! n_tokens = 1 reports weight bytes streamed per second (GB/s); n_tokens = 512 reports
 //! 2·rows·cols·tokens per second (GFLOP/s-equivalent) and the time per call.
 
@@ -67,6 +69,13 @@ fn main() {
             .into_iter()
             .filter(|&l| l <= quant_dot::detected())
             .collect();
+    }
+    if let Some(i) = args.iter().position(|a| a == "--gguf") {
+        let path = args.get(i + 1).expect("--gguf PATH");
+        for &level in &levels {
+            gguf_pass(path, level);
+        }
+        return;
     }
     let only = |f: &str| args.iter().any(|a| a == f);
     let tg = !only("--pp-only") && !only("--model-only");
@@ -267,6 +276,64 @@ fn model_pass(level: SimdLevel, in_pool: bool) {
             bytes as f64 / best / 1e9,
             bytes as f64 / 1e6,
             flop / best / 1e9
+        );
+    }
+}
+
+/// The matmuls of one forward pass of a real GGUF model: every 2-D `blk.*` tensor (n tokens)
+/// and the output head (`output.weight`, else the tied `token_embd.weight`; last token only).
+fn gguf_pass(path: &str, level: SimdLevel) {
+    let file = kestrel_gguf::GgufFile::open(path).expect("open gguf");
+    let mats: Vec<WeightMatrix> = file
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk.") && t.shape.len() == 2)
+        .map(|t| WeightMatrix {
+            ty: t.ty,
+            data: file.tensor_data(t),
+            rows: t.shape[1] as usize,
+            cols: t.shape[0] as usize,
+        })
+        .collect();
+    let head_t = file
+        .tensor("output.weight")
+        .or_else(|| file.tensor("token_embd.weight"))
+        .expect("output head");
+    let head = WeightMatrix {
+        ty: head_t.ty,
+        data: file.tensor_data(head_t),
+        rows: head_t.shape[1] as usize,
+        cols: head_t.shape[0] as usize,
+    };
+    let bytes: usize = mats.iter().map(|m| m.data.len()).sum::<usize>() + head.data.len();
+    let width = mats.iter().map(|m| m.cols.max(m.rows)).max().unwrap_or(0);
+    let mut types: Vec<String> = mats.iter().map(|m| m.ty.name().to_string()).collect();
+    types.sort();
+    types.dedup();
+    let mut rng = StdRng::seed_from_u64(3);
+    for n in [1usize, 512] {
+        let x: Vec<f32> = (0..n * width).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut out = vec![0f32; (n * width).max(head.rows)];
+        let mut best = f64::INFINITY;
+        for _ in 0..if n == 1 { 5 } else { 2 } {
+            let t = Instant::now();
+            for m in &mats {
+                matmul_with(level, m, &x, n, &mut out);
+            }
+            matmul_with(level, &head, &x[(n - 1) * head.cols..], 1, &mut out);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{} {}: {} matrices ({}) + {} head, n_tokens={n:>3}: {:8.2} ms per pass, {:6.1} tokens/s, {:5.1} GB/s of {:.0} MB",
+            path.rsplit('/').next().unwrap_or(path),
+            level.name(),
+            mats.len(),
+            types.join(" "),
+            head.ty.name(),
+            best * 1e3,
+            n as f64 / best,
+            bytes as f64 / best / 1e9,
+            bytes as f64 / 1e6
         );
     }
 }
