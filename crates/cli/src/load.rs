@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use kestrel_cpu::CpuBackend;
+use kestrel_cuda::CudaBackend;
 use kestrel_engine::{Backend, Engine, EngineConfig};
 use kestrel_gguf::GgufFile;
 use kestrel_tokenizer::Tokenizer;
@@ -22,6 +23,48 @@ pub struct ContextArgs {
     /// Context length per sequence (default: the model's, capped at 4096).
     #[arg(short = 'c', long = "ctx")]
     pub ctx: Option<usize>,
+    /// Where the model runs: auto (the first CUDA GPU if one works, else the CPU), cuda or cpu.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+/// What a command does with a loaded model, for any backend: `load_on` picks the backend at run
+/// time and calls it, so each command has one code path.
+pub trait OnBackend {
+    type Out;
+    fn run<B: Backend>(self, m: Loaded<B>) -> Result<Self::Out>;
+}
+
+/// Load the model on the device `args.device` names and hand it to `f`. `auto` uses GPU 0 when
+/// the CUDA backend starts (driver, GPU and NVRTC present), else the CPU with a one-line note;
+/// `cuda` fails when it does not.
+pub fn load_on<F: OnBackend>(args: &ContextArgs, n_seqs: usize, f: F) -> Result<F::Out> {
+    match args.device {
+        Device::Cpu => f.run(load_cpu(args, n_seqs)?),
+        Device::Cuda => {
+            let gpu = CudaBackend::new(0).context("--device cuda")?;
+            f.run(load(gpu, args, n_seqs)?)
+        }
+        Device::Auto => match CudaBackend::new(0) {
+            Ok(gpu) => f.run(load(gpu, args, n_seqs)?),
+            Err(e) => {
+                let why = format!("{e:#}");
+                eprintln!(
+                    "kestrel: running on the CPU ({})",
+                    why.lines().next().unwrap_or("CUDA unavailable")
+                );
+                f.run(load_cpu(args, n_seqs)?)
+            }
+        },
+    }
 }
 
 pub struct Loaded<B: Backend> {

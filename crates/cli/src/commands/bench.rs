@@ -7,7 +7,7 @@ use anyhow::Result;
 use kestrel_engine::{Backend, BatchEntry, Engine};
 use serde_json::json;
 
-use crate::load::{load_cpu, ContextArgs};
+use crate::load::{load_on, ContextArgs, Loaded, OnBackend};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -46,7 +46,19 @@ pub fn run(a: Args) -> Result<()> {
         ctx: Some(a.ctx.ctx.unwrap_or(0).max(need)),
         ..a.ctx.clone()
     };
-    let mut m = load_cpu(&ctx, 1)?;
+    load_on(&ctx, 1, Cmd(a))
+}
+
+struct Cmd(Args);
+
+impl OnBackend for Cmd {
+    type Out = ();
+    fn run<B: Backend>(self, m: Loaded<B>) -> Result<()> {
+        run_on(self.0, m)
+    }
+}
+
+fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
     let n_vocab = m.engine.spec.n_vocab as u32;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut tokens = |n: usize| -> Vec<u32> {

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use kestrel_engine::{generate, GenerateParams};
+use kestrel_engine::{generate, Backend, GenerateParams};
 use kestrel_tokenizer::ChatMessage;
 
 use crate::commands::run::{speed_line, SamplingArgs};
-use crate::load::{load_cpu, ContextArgs};
+use crate::load::{load_on, ContextArgs, Loaded, OnBackend};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,7 +27,20 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut m = load_cpu(&a.ctx, 1)?;
+    let ctx = a.ctx.clone();
+    load_on(&ctx, 1, Cmd(a))
+}
+
+struct Cmd(Args);
+
+impl OnBackend for Cmd {
+    type Out = ();
+    fn run<B: Backend>(self, m: Loaded<B>) -> Result<()> {
+        run_on(self.0, m)
+    }
+}
+
+fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let generating = Arc::new(AtomicBool::new(false));
     {

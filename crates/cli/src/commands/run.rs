@@ -3,10 +3,10 @@
 use std::io::Write;
 
 use anyhow::{bail, Result};
-use kestrel_engine::{generate, GenerateParams, Generation, SamplerParams};
+use kestrel_engine::{generate, Backend, GenerateParams, Generation, SamplerParams};
 use serde_json::json;
 
-use crate::load::{load_cpu, ContextArgs};
+use crate::load::{load_on, ContextArgs, Loaded, OnBackend};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -80,7 +80,20 @@ impl SamplingArgs {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut m = load_cpu(&a.ctx, 1)?;
+    let ctx = a.ctx.clone();
+    load_on(&ctx, 1, Cmd(a))
+}
+
+struct Cmd(Args);
+
+impl OnBackend for Cmd {
+    type Out = ();
+    fn run<B: Backend>(self, m: Loaded<B>) -> Result<()> {
+        run_on(self.0, m)
+    }
+}
+
+fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
     let mut ids = m.tok.encode(&a.prompt, true, true);
     let n_ctx = m.engine.config.n_ctx;
     if ids.len() + 1 > n_ctx {

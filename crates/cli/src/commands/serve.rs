@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use kestrel_server::ServerConfig;
 
-use crate::load::{load_cpu, ContextArgs};
+use crate::load::{load_cpu, ContextArgs, Device};
 use crate::models::resolve_model;
 
 #[derive(clap::Args, Debug)]
@@ -48,9 +48,15 @@ pub fn run(a: Args) -> Result<()> {
             .file_stem()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
     });
+    if a.ctx.device == Device::Cuda {
+        bail!(
+            "kestrel serve runs on the CPU for now: --device cuda is not wired into the server yet"
+        );
+    }
     let ctx = ContextArgs {
         model: Some(path.to_string_lossy().into_owned()),
         ctx: a.ctx.ctx,
+        device: Device::Cpu,
     };
     let parallel = a.parallel.max(1);
     let config = ServerConfig {
