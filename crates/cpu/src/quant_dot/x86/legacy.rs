@@ -151,6 +151,14 @@ pub(crate) unsafe fn legacy_rows<E: Engine, B: Legacy, const T: usize>(
     let zero = _mm256_setzero_si256();
     let mut acc = [_mm256_setzero_ps(); T];
     let mut off = [_mm256_setzero_ps(); T];
+    // Permute indices spreading pair p's two scales over lanes 0..4 and 4..8. Opaque to the
+    // optimizer: with constants it splits each `vpermps` into two immediate shuffles.
+    let pair_idx: [__m256i; 4] = core::hint::black_box([
+        _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0),
+        _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2),
+        _mm256_set_epi32(5, 5, 5, 5, 4, 4, 4, 4),
+        _mm256_set_epi32(7, 7, 7, 7, 6, 6, 6, 6),
+    ]);
     for b0 in (0..nb).step_by(8) {
         let n = (nb - b0).min(8);
         let gp = wp.add(b0 * B::BYTES);
@@ -181,8 +189,7 @@ pub(crate) unsafe fn legacy_rows<E: Engine, B: Legacy, const T: usize>(
                 } else {
                     (c1, c2)
                 };
-                let (i0, i1) = (2 * p as i32, 2 * p as i32 + 1);
-                let idx = _mm256_set_epi32(i1, i1, i1, i1, i0, i0, i0, i0);
+                let idx = pair_idx[p];
                 for t in 0..T {
                     let q = rows.qs[t].add(32 * (b0 + 2 * p));
                     let mut q1 = _mm256_loadu_si256(q as *const __m256i);
@@ -198,7 +205,6 @@ pub(crate) unsafe fn legacy_rows<E: Engine, B: Legacy, const T: usize>(
             }};
         }
         if n == 8 {
-            // Constant pair indices: the permutes' index vectors become constants.
             pair!(0, true);
             pair!(1, true);
             pair!(2, true);
