@@ -116,12 +116,6 @@ pub fn matmul_with(
                 // `out` holds `n_tokens × rows` values (checked above); the kernel was
                 // selected for a level the CPU supports and `row` is one weight row.
                 let row = &w.data[r * rb..(r + 1) * rb];
-                if t0 == 0 {
-                    // The bytes PREFETCH_BYTES past this row, within this task's rows.
-                    let end = (r_end * rb).min((r + 1) * rb + PREFETCH_BYTES);
-                    let start = (r * rb + PREFETCH_BYTES).min(end);
-                    prefetch(&w.data[start..end]);
-                }
                 unsafe { kernel(row, &acts, t0, nt, out_ptr.0.add(t0 * rows + r), rows) };
             }
             t0 += nt;
@@ -133,25 +127,6 @@ pub fn matmul_with(
         (0..n_tasks).for_each(task);
     } else {
         (0..n_tasks).into_par_iter().for_each(task);
-    }
-}
-
-/// How far ahead of the row being computed the first token tile prefetches weights: streaming
-/// from memory, the hardware prefetchers alone left the kernels waiting on DRAM (on a Xeon,
-/// 24 layers of qwen2.5-0.5b at n_tokens = 1: 17.5 ms without, 11.7-12.1 ms with 1.2-4 KB).
-const PREFETCH_BYTES: usize = 3072;
-
-/// Asks for every cache line of `bytes` to be brought into the caches.
-#[inline]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes.len()).step_by(64) {
-        // SAFETY: prefetch has no architectural effect; the address is inside `bytes`.
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                bytes.as_ptr().add(off) as *const i8,
-            )
-        };
     }
 }
 

@@ -10,7 +10,7 @@ use core::arch::x86_64::*;
 
 use kestrel_gguf::quant::q3k_scale;
 
-use super::{f16_at, hsum, Engine, Rows};
+use super::{f16_at, hsum, prefetch_ahead, Engine, Rows};
 use crate::quant_dot::Acts;
 
 /// One decoded super-block.
@@ -238,6 +238,9 @@ pub(crate) unsafe fn kquant_rows<E: Engine, K: KQuant, const T: usize>(
     };
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
+        if t0 == 0 {
+            prefetch_ahead(wp.add(b * K::BYTES), K::BYTES);
+        }
         K::decode::<E>(wp.add(b * K::BYTES), &mut blk);
         for t in 0..T {
             let q = rows.qs[t].add(256 * b) as *const u8;

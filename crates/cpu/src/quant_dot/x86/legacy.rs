@@ -7,7 +7,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{f16x8, hsum, Engine, Rows};
+use super::{f16x8, hsum, prefetch_ahead, Engine, Rows};
 use crate::quant_dot::Acts;
 
 pub(crate) trait Legacy {
@@ -162,6 +162,9 @@ pub(crate) unsafe fn legacy_rows<E: Engine, B: Legacy, const T: usize>(
     for b0 in (0..nb).step_by(8) {
         let n = (nb - b0).min(8);
         let gp = wp.add(b0 * B::BYTES);
+        if t0 == 0 {
+            prefetch_ahead(gp, n * B::BYTES);
+        }
         let dw = f16x8(gp, B::BYTES, n);
         let mut scale = [_mm256_setzero_ps(); T];
         for t in 0..T {
