@@ -3,7 +3,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{hsum, Engine, Rows};
+use super::{hsum, prefetch_ahead, Engine, Rows};
 use crate::quant_dot::Acts;
 
 pub(crate) trait FloatW {
@@ -72,6 +72,9 @@ pub(crate) unsafe fn float_rows<E: Engine, W: FloatW, const T: usize>(
     let mut acc1 = [_mm256_setzero_ps(); T];
     let mut i = 0;
     while i + 16 <= n {
+        if t0 == 0 {
+            prefetch_ahead(wp.add(i * W::BYTES), 16 * W::BYTES);
+        }
         let w0 = W::load8(wp.add(i * W::BYTES));
         let w1 = W::load8(wp.add((i + 8) * W::BYTES));
         for t in 0..T {
