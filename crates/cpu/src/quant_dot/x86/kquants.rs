@@ -39,19 +39,51 @@ pub(crate) struct Q4K;
 pub(crate) struct Q5K;
 pub(crate) struct Q6K;
 
+/// `vpshufb` controls (per 128-bit half) picking i16 lanes: `PICK[c]` spreads lane `c` (both
+/// halves); `PAIR[c]` spreads lane `2c` over the low half and lane `2c+1` over the high half.
+static PICK: [[u8; 32]; 8] = {
+    let mut t = [[0u8; 32]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut i = 0;
+        while i < 32 {
+            t[c][i] = (2 * c + i % 2) as u8;
+            i += 1;
+        }
+        c += 1;
+    }
+    t
+};
+static PAIR: [[u8; 32]; 4] = {
+    let mut t = [[0u8; 32]; 4];
+    let mut c = 0;
+    while c < 4 {
+        let mut i = 0;
+        while i < 32 {
+            t[c][i] = (4 * c + 2 * (i / 16) + i % 2) as u8;
+            i += 1;
+        }
+        c += 1;
+    }
+    t
+};
+
+#[inline(always)]
+unsafe fn ctrl(t: &[u8; 32]) -> __m256i {
+    _mm256_loadu_si256(t.as_ptr() as *const __m256i)
+}
+
 /// For 16-element sub-blocks: from `s16` (i16 lane `j` = scale `j`) the vector for chunk `c`:
-/// lanes 0..7 = scale `2c`, lanes 8..15 = scale `2c+1`.
+/// lanes 0..7 = scale `2c`, lanes 8..15 = scale `2c+1`. One byte shuffle per chunk from the
+/// 128-bit half holding those scales, broadcast to both halves.
 #[inline(always)]
 unsafe fn split_scales(s16: __m256i, out: &mut [__m256i; 8]) {
-    let pick = _mm256_set_epi64x(
-        0x0302_0302_0302_0302,
-        0x0302_0302_0302_0302,
-        0x0100_0100_0100_0100,
-        0x0100_0100_0100_0100,
-    );
+    let halves = [
+        _mm256_permute2x128_si256::<0x00>(s16, s16),
+        _mm256_permute2x128_si256::<0x11>(s16, s16),
+    ];
     for (c, o) in out.iter_mut().enumerate() {
-        let pair = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(c as i32));
-        *o = _mm256_shuffle_epi8(pair, pick);
+        *o = _mm256_shuffle_epi8(halves[c / 4], ctrl(&PAIR[c % 4]));
     }
 }
 
@@ -87,8 +119,10 @@ unsafe fn k4_fill(p: *const u8, k: &mut KBlock) {
     k.d = f16_at(p);
     k.dmin = f16_at(p.add(2));
     let (s, m) = k4_scales(p.add(4));
+    // All 8 scales as i16 in both 128-bit halves; chunk c broadcasts lane c.
+    let s8 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(s as i64)));
     for (c, v) in k.scales.iter_mut().enumerate() {
-        *v = _mm256_set1_epi16(((s >> (8 * c)) & 0xFF) as i16);
+        *v = _mm256_shuffle_epi8(s8, ctrl(&PICK[c]));
     }
     let m8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
     k.mins = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
