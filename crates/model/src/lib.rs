@@ -10,4 +10,4 @@ pub mod tensors;
 pub use arch::spec_from_gguf;
 pub use error::{ModelError, Result};
 pub use spec::{Arch, FfnKind, LayerSpec, ModelSpec, PleSpec, RopeSpec};
-pub use tensors::{LayerTensors, ModelTensors};
+pub use tensors::{LayerTensors, ModelTensors, PleTensors};

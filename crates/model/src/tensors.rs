@@ -31,11 +31,25 @@ pub struct LayerTensors {
     pub out_scale: Option<String>,
 }
 
+/// The model-level per-layer-embedding tensors (Gemma 4).
+#[derive(Clone, Debug)]
+pub struct PleTensors {
+    /// `[n_layer·P, n_vocab]`: per token, one P-slice per layer.
+    pub token_embd: String,
+    /// `[d_model, n_layer·P]`
+    pub model_proj: String,
+    /// `[P]`, shared by every layer's slice.
+    pub proj_norm: String,
+}
+
 pub struct ModelTensors {
     pub token_embd: String,
     pub output_norm: String,
     /// `output.weight`, or `token_embd.weight` when tied.
     pub output: String,
+    /// RoPE frequency factors, when any layer uses them.
+    pub rope_freqs: Option<String>,
+    pub ple: Option<PleTensors>,
     pub layers: Vec<LayerTensors>,
 }
 
@@ -86,6 +100,12 @@ impl ModelTensors {
             } else {
                 "output.weight".into()
             },
+            rope_freqs: spec.layers.iter().find_map(|l| l.rope.freq_factors.clone()),
+            ple: spec.ple.as_ref().map(|_| PleTensors {
+                token_embd: "per_layer_token_embd.weight".into(),
+                model_proj: "per_layer_model_proj.weight".into(),
+                proj_norm: "per_layer_proj_norm.weight".into(),
+            }),
             layers: spec
                 .layers
                 .iter()
@@ -102,9 +122,38 @@ impl ModelTensors {
         expect(f, &self.token_embd, &[d, v])?;
         expect(f, &self.output_norm, &[d])?;
         expect(f, &self.output, &[d, v])?;
+        if let (Some(p), Some(ple)) = (&self.ple, &spec.ple) {
+            let (pd, lp) = (ple.dim as u64, (ple.dim * spec.n_layer()) as u64);
+            // The table may have padding rows past the vocabulary (Gemma 3n pads to 262400).
+            let t = f
+                .tensor(&p.token_embd)
+                .ok_or_else(|| ModelError::MissingTensor(p.token_embd.clone()))?;
+            if t.shape.len() != 2 || t.shape[0] != lp || t.shape[1] < v {
+                return Err(ModelError::WrongShape {
+                    name: p.token_embd.clone(),
+                    found: t.shape.clone(),
+                    expected: vec![lp, v],
+                });
+            }
+            expect(f, &p.model_proj, &[d, lp])?;
+            expect(f, &p.proj_norm, &[pd])?;
+        }
         for (t, l) in self.layers.iter().zip(&spec.layers) {
             let (q, kv, hd) = (l.q_dim() as u64, l.kv_dim() as u64, l.head_dim as u64);
             let ff = l.n_ff as u64;
+            let ple = spec.ple.as_ref().map_or(0, |p| p.dim as u64);
+            if let Some(name) = &l.rope.freq_factors {
+                let t = f
+                    .tensor(name)
+                    .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
+                if t.shape.len() != 1 || t.shape[0] < (l.rope.n_rot / 2) as u64 {
+                    return Err(ModelError::WrongShape {
+                        name: name.clone(),
+                        found: t.shape.clone(),
+                        expected: vec![(l.rope.n_rot / 2) as u64],
+                    });
+                }
+            }
             expect(f, &t.attn_norm, &[d])?;
             expect(f, &t.wq, &[d, q])?;
             expect(f, &t.wo, &[q, d])?;
@@ -123,6 +172,8 @@ impl ModelTensors {
                 (&t.post_attn_norm, vec![d]),
                 (&t.post_ffn_norm, vec![d]),
                 (&t.ple_norm, vec![d]),
+                (&t.ple_gate, vec![d, ple]),
+                (&t.ple_proj, vec![ple, d]),
                 (&t.out_scale, vec![1]),
             ] {
                 if let Some(n) = name {

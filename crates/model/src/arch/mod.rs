@@ -1,6 +1,7 @@
 //! One small file per architecture: each maps GGUF keys and tensor names to a `ModelSpec`.
 
 pub mod gemma3;
+pub mod gemma4;
 pub mod llama;
 
 use kestrel_gguf::GgufFile;
@@ -144,9 +145,7 @@ pub fn spec_from_gguf(f: &GgufFile) -> Result<ModelSpec> {
         "qwen2" => llama::spec(f, Arch::Qwen2),
         "qwen3" => llama::spec(f, Arch::Qwen3),
         "gemma3" => gemma3::spec(f),
-        "gemma4" => Err(ModelError::Unsupported(
-            "the gemma4 architecture (coming with the Gemma 4 work)".into(),
-        )),
+        "gemma4" => gemma4::spec(f),
         other => Err(ModelError::UnknownArch(other.into())),
     }
 }
