@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::ops::act::{gated, gelu, silu};
 use crate::ops::attention::{attention, AttnRows, Geometry, KvPool};
+use crate::ops::elementwise;
 use crate::ops::matmul::{dequantize_rows, matmul, WeightMatrix};
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::rope_row;
@@ -186,6 +187,14 @@ impl Backend for CpuBackend {
     fn scale_by(&self, x: &mut CpuTensor, s: &CpuWeight) {
         let s = s.vec[0];
         x.data.iter_mut().for_each(|v| *v *= s);
+    }
+
+    fn scale(&self, x: &mut CpuTensor, c: f32) {
+        elementwise::scale(&mut x.data, c);
+    }
+
+    fn copy_cols(&self, src: &CpuTensor, col0: usize, out: &mut CpuTensor) {
+        elementwise::copy_cols(&src.data, src.cols, col0, &mut out.data, out.cols);
     }
 
     fn gather_logit_rows(&self, x: &CpuTensor, step: &CpuStep, out: &mut CpuTensor) {

@@ -18,6 +18,19 @@ extern "C" __global__ void scale_by(float* x, const float* s, u64 n) {
     GRID_LOOP(n) x[i] = __fmul_rn(x[i], v);
 }
 
+// x *= c
+extern "C" __global__ void scale(float* x, float c, u64 n) {
+    GRID_LOOP(n) x[i] = __fmul_rn(x[i], c);
+}
+
+// out[t][j] = src[t][col0 + j] for j < out_cols (one layer's slice of per-layer rows); n = rows * out_cols
+extern "C" __global__ void copy_cols(const float* src, int src_cols, int col0, float* out, int out_cols, u64 n) {
+    GRID_LOOP(n) {
+        const u64 t = i / out_cols, j = i % out_cols;
+        out[i] = src[t * src_cols + col0 + j];
+    }
+}
+
 // x = cap * tanh(x / cap)
 extern "C" __global__ void softcap(float* x, float cap, u64 n) {
     GRID_LOOP(n) x[i] = __fmul_rn(cap, tanh_f(__fdiv_rn(x[i], cap)));

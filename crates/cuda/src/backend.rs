@@ -571,6 +571,14 @@ impl Backend for CudaBackend {
         crate::ops::elementwise::scale_by(self, x, s)
     }
 
+    fn scale(&self, x: &mut CudaTensor, c: f32) {
+        crate::ops::elementwise::scale(self, x, c)
+    }
+
+    fn copy_cols(&self, src: &CudaTensor, col0: usize, out: &mut CudaTensor) {
+        crate::ops::elementwise::copy_cols(self, src, col0, out)
+    }
+
     fn gather_logit_rows(&self, x: &CudaTensor, step: &CudaStep, out: &mut CudaTensor) {
         crate::ops::elementwise::gather_logit_rows(self, x, step, out)
     }

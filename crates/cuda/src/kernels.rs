@@ -100,6 +100,8 @@ pub const MODULES: &[KernelModule] = &[
             "add",
             "add_bias",
             "scale_by",
+            "scale",
+            "copy_cols",
             "softcap",
             "gather_rows",
             "fill",

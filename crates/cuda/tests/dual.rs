@@ -166,6 +166,16 @@ impl Backend for Dual {
         self.g.scale_by(&mut x.1, &s.1);
         self.check("scale_by", x);
     }
+    fn scale(&self, x: &mut Self::Tensor, c: f32) {
+        self.c.scale(&mut x.0, c);
+        self.g.scale(&mut x.1, c);
+        self.check("scale", x);
+    }
+    fn copy_cols(&self, src: &Self::Tensor, col0: usize, out: &mut Self::Tensor) {
+        self.c.copy_cols(&src.0, col0, &mut out.0);
+        self.g.copy_cols(&src.1, col0, &mut out.1);
+        self.check("copy_cols", out);
+    }
     fn gather_logit_rows(&self, x: &Self::Tensor, step: &Self::Step, out: &mut Self::Tensor) {
         self.c.gather_logit_rows(&x.0, &step.0, &mut out.0);
         self.g.gather_logit_rows(&x.1, &step.1, &mut out.1);

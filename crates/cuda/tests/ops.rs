@@ -338,6 +338,16 @@ fn elementwise_ops_match() {
     g.scale_by(&mut xg, &sg);
     cpu.scale_by(&mut xc, &sc);
     check("scale_by", g.read(&xg), &xc.data, 0.0);
+    // scale
+    g.scale(&mut xg, std::f32::consts::FRAC_1_SQRT_2);
+    cpu.scale(&mut xc, std::f32::consts::FRAC_1_SQRT_2);
+    check("scale", g.read(&xg), &xc.data, 0.0);
+    // copy_cols (one 48-wide slice of each row, as a layer's PLE input)
+    let mut slg = gpu_out(&g, rows, 48);
+    let mut slc = cpu_out(&cpu, rows, 48);
+    g.copy_cols(&xg, 96, &mut slg);
+    cpu.copy_cols(&xc, 96, &mut slc);
+    check("copy_cols", g.read(&slg), &slc.data, 0.0);
     // softcap
     g.softcap(&mut xg, 30.0);
     cpu.softcap(&mut xc, 30.0);

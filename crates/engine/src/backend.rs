@@ -69,25 +69,51 @@ pub trait Backend {
     fn alloc_kv(&self, n_slots: usize, kv_dim: usize) -> anyhow::Result<Self::Kv>;
     fn begin_step(&self, step: &StepInfo) -> Self::Step;
 
-    /// out[t] = table[token t] * scale
+    /// out[t] = table[token t] * scale: a per-token gather of table rows, dequantized (the
+    /// token embedding, and Gemma 4's per-layer-embedding table).
     fn embed(&self, table: &Self::Weight, step: &Self::Step, scale: f32, out: &mut Self::Tensor);
     /// RMS norm over each run of `width` values (width < cols normalises per head), times `w`.
-    fn rms_norm(&self, x: &Self::Tensor, w: Option<&Self::Weight>, width: usize, eps: f32, out: &mut Self::Tensor);
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        w: Option<&Self::Weight>,
+        width: usize,
+        eps: f32,
+        out: &mut Self::Tensor,
+    );
     /// out = x · Wᵀ (W stored `[in, out]` in ggml order).
     fn matmul(&self, w: &Self::Weight, x: &Self::Tensor, out: &mut Self::Tensor);
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Weight);
     /// Rotate each head of `x` (heads of `head_dim` values) at the step's positions.
-    fn rope(&self, x: &mut Self::Tensor, head_dim: usize, rope: &RopeSpec, factors: Option<&Self::Weight>, step: &Self::Step);
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        head_dim: usize,
+        rope: &RopeSpec,
+        factors: Option<&Self::Weight>,
+        step: &Self::Step,
+    );
     /// Store each token's K and V row at its slot.
     fn kv_write(&self, k: &Self::Tensor, v: &Self::Tensor, kv: &mut Self::Kv, step: &Self::Step);
     /// Causal (optionally windowed) attention of each token over its sequence's cached K/V.
-    fn attention(&self, q: &Self::Tensor, kv: &Self::Kv, geom: AttnGeom, step: &Self::Step, out: &mut Self::Tensor);
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        kv: &Self::Kv,
+        geom: AttnGeom,
+        step: &Self::Step,
+        out: &mut Self::Tensor,
+    );
     /// gate = act(gate) * up
     fn gated_act(&self, gate: &mut Self::Tensor, up: &Self::Tensor, kind: FfnKind);
     /// x += y
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
     /// x *= s[0] (a one-element weight)
     fn scale_by(&self, x: &mut Self::Tensor, s: &Self::Weight);
+    /// x *= c
+    fn scale(&self, x: &mut Self::Tensor, c: f32);
+    /// out[t] = src[t][col0 .. col0 + out.cols] (one layer's slice of a row of per-layer values)
+    fn copy_cols(&self, src: &Self::Tensor, col0: usize, out: &mut Self::Tensor);
     /// out = the step's logit rows of x
     fn gather_logit_rows(&self, x: &Self::Tensor, step: &Self::Step, out: &mut Self::Tensor);
     /// x = cap * tanh(x / cap)

@@ -4,7 +4,15 @@
 use kestrel_model::ModelSpec;
 
 use crate::backend::{AttnGeom, Backend};
-use crate::weights::Weights;
+use crate::weights::{PleWeights, Weights};
+
+fn dump<B: Backend>(b: &B, name: &str, il: usize, t: &B::Tensor) {
+    if let Some(dir) = std::env::var_os("KESTREL_DUMP") {
+        let v = b.read(t);
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{name}-{il}.bin")), bytes);
+    }
+}
 
 /// Run one step. Returns logits `[step.logit_rows.len(), n_vocab]` on the device.
 pub fn forward<B: Backend>(
@@ -20,14 +28,22 @@ pub fn forward<B: Backend>(
     let eps = spec.norm_eps;
     let mut x = b.alloc(n_tokens, d);
     b.embed(&w.token_embd, step, spec.embed_scale.unwrap_or(1.0), &mut x);
+    // Per-layer embeddings (Gemma 4): one P-wide input per token and layer, `[n_tokens, L·P]`.
+    let ple = match (&spec.ple, &w.ple) {
+        (Some(p), Some(pw)) => Some(ple_inputs(b, spec, p.dim, pw, &x, step, n_tokens)),
+        _ => None,
+    };
     let mut h = b.alloc(n_tokens, d);
     let mut o = b.alloc(n_tokens, d);
 
     for (il, (l, lw)) in spec.layers.iter().zip(&w.layers).enumerate() {
+        dump(b, "inp", il, &x);
         b.rms_norm(&x, Some(&lw.attn_norm), d, eps, &mut h);
+        dump(b, "attn_norm", il, &h);
 
         let mut q = b.alloc(n_tokens, l.q_dim());
         b.matmul(&lw.wq, &h, &mut q);
+        dump(b, "Qcur_mm", il, &q);
         if let Some(bq) = &lw.bq {
             b.add_bias(&mut q, bq);
         }
@@ -60,7 +76,9 @@ pub fn forward<B: Backend>(
                 b.rms_norm(&vin, None, l.head_dim, eps, &mut v);
             }
             b.rope(&mut k, l.head_dim, &l.rope, w.rope_freqs.as_ref(), step);
-            let cache = kv[il].as_mut().expect("a layer with its own K/V has a cache");
+            let cache = kv[il]
+                .as_mut()
+                .expect("a layer with its own K/V has a cache");
             b.kv_write(&k, &v, cache, step);
         }
 
@@ -71,11 +89,16 @@ pub fn forward<B: Backend>(
             window: l.window,
             scale: l.attn_scale,
         };
-        let cache = kv[l.cache_layer(il)].as_ref().expect("source layer has a cache");
+        let cache = kv[l.cache_layer(il)]
+            .as_ref()
+            .expect("source layer has a cache");
         let mut a = b.alloc(n_tokens, l.q_dim());
+        dump(b, "Qcur_rope", il, &q);
         b.attention(&q, cache, geom, step, &mut a);
+        dump(b, "kqv_out", il, &a);
         drop(q);
         b.matmul(&lw.wo, &a, &mut o);
+        dump(b, "attn_out", il, &o);
         drop(a);
         if let Some(pn) = &lw.post_attn_norm {
             b.rms_norm(&o, Some(pn), d, eps, &mut h);
@@ -84,19 +107,37 @@ pub fn forward<B: Backend>(
             b.add(&mut x, &o);
         }
 
+        dump(b, "ffn_inp", il, &x);
         b.rms_norm(&x, Some(&lw.ffn_norm), d, eps, &mut h);
+        dump(b, "ffn_norm", il, &h);
         let mut g = b.alloc(n_tokens, l.n_ff);
         let mut u = b.alloc(n_tokens, l.n_ff);
         b.matmul(&lw.gate, &h, &mut g);
         b.matmul(&lw.up, &h, &mut u);
+        dump(b, "ffn_gate", il, &g);
+        dump(b, "ffn_up", il, &u);
         b.gated_act(&mut g, &u, l.ffn);
+        dump(b, "ffn_act", il, &g);
         drop(u);
         b.matmul(&lw.down, &g, &mut o);
+        dump(b, "ffn_out", il, &o);
         if let Some(pn) = &lw.post_ffn_norm {
             b.rms_norm(&o, Some(pn), d, eps, &mut h);
             b.add(&mut x, &h);
         } else {
             b.add(&mut x, &o);
+        }
+        if let (Some(ple), Some(pw)) = (&ple, &lw.ple) {
+            // x += post_norm(proj(act(inp_gate · x) * this layer's PLE slice))
+            let p = spec.ple.as_ref().map_or(0, |p| p.dim);
+            let mut gate = b.alloc(n_tokens, p);
+            b.matmul(&pw.gate, &x, &mut gate);
+            let mut slice = b.alloc(n_tokens, p);
+            b.copy_cols(ple, il * p, &mut slice);
+            b.gated_act(&mut gate, &slice, l.ffn);
+            b.matmul(&pw.proj, &gate, &mut o);
+            b.rms_norm(&o, Some(&pw.post_norm), d, eps, &mut h);
+            b.add(&mut x, &h);
         }
         if let Some(s) = &lw.out_scale {
             b.scale_by(&mut x, s);
@@ -113,4 +154,29 @@ pub fn forward<B: Backend>(
         b.softcap(&mut logits, cap);
     }
     logits
+}
+
+/// Gemma 4's per-layer inputs (specs/gemma.md §3.2), from the scaled embeddings `x0`:
+/// `(rms_norm_P(W_proj·x0 / sqrt(d)) · proj_norm + table[token] · sqrt(P)) / sqrt(2)`,
+/// the norm taken over each layer's P-slice.
+fn ple_inputs<B: Backend>(
+    b: &B,
+    spec: &ModelSpec,
+    p: usize,
+    w: &PleWeights<B::Weight>,
+    x0: &B::Tensor,
+    step: &B::Step,
+    n_tokens: usize,
+) -> B::Tensor {
+    let width = p * spec.n_layer();
+    let mut tok = b.alloc(n_tokens, width);
+    b.embed(&w.token_embd, step, (p as f32).sqrt(), &mut tok);
+    let mut proj = b.alloc(n_tokens, width);
+    b.matmul(&w.model_proj, x0, &mut proj);
+    b.scale(&mut proj, 1.0 / (spec.d_model as f32).sqrt());
+    let mut ple = b.alloc(n_tokens, width);
+    b.rms_norm(&proj, Some(&w.proj_norm), p, spec.norm_eps, &mut ple);
+    b.add(&mut ple, &tok);
+    b.scale(&mut ple, std::f32::consts::FRAC_1_SQRT_2);
+    ple
 }

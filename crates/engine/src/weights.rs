@@ -24,7 +24,25 @@ pub struct LayerWeights<W> {
     pub up: W,
     pub down: W,
     pub post_ffn_norm: Option<W>,
+    pub ple: Option<LayerPleWeights<W>>,
     pub out_scale: Option<W>,
+}
+
+/// One layer's per-layer-embedding injection (Gemma 4).
+pub struct LayerPleWeights<W> {
+    /// `inp_gate` `[d_model, P]`
+    pub gate: W,
+    /// `proj` `[P, d_model]`
+    pub proj: W,
+    /// `post_norm` `[d_model]`
+    pub post_norm: W,
+}
+
+/// The model-level per-layer-embedding weights (Gemma 4).
+pub struct PleWeights<W> {
+    pub token_embd: W,
+    pub model_proj: W,
+    pub proj_norm: W,
 }
 
 pub struct Weights<W> {
@@ -33,6 +51,7 @@ pub struct Weights<W> {
     /// None when tied to `token_embd`.
     pub output: Option<W>,
     pub rope_freqs: Option<W>,
+    pub ple: Option<PleWeights<W>>,
     pub layers: Vec<LayerWeights<W>>,
 }
 
@@ -73,9 +92,18 @@ pub fn load<B: Backend>(
         progress(done, total);
         Ok(w)
     };
-    let mut opt = |name: &Option<String>| -> anyhow::Result<Option<B::Weight>> { name.as_deref().map(&mut up).transpose() };
-    let rope_name = spec.layers.iter().find_map(|l| l.rope.freq_factors.clone());
-    let rope_freqs = opt(&rope_name)?;
+    let mut opt = |name: &Option<String>| -> anyhow::Result<Option<B::Weight>> {
+        name.as_deref().map(&mut up).transpose()
+    };
+    let rope_freqs = opt(&names.rope_freqs)?;
+    let ple = match &names.ple {
+        Some(p) => Some(PleWeights {
+            token_embd: up(&p.token_embd)?,
+            model_proj: up(&p.model_proj)?,
+            proj_norm: up(&p.proj_norm)?,
+        }),
+        None => None,
+    };
     let mut layers = Vec::with_capacity(spec.n_layer());
     for t in &names.layers {
         layers.push(load_layer(t, &mut up)?);
@@ -83,17 +111,45 @@ pub fn load<B: Backend>(
     Ok(Weights {
         token_embd: up(&names.token_embd)?,
         output_norm: up(&names.output_norm)?,
-        output: if spec.tied_output { None } else { Some(up(&names.output)?) },
+        output: if spec.tied_output {
+            None
+        } else {
+            Some(up(&names.output)?)
+        },
         rope_freqs,
+        ple,
         layers,
     })
 }
 
-fn load_layer<W>(t: &LayerTensors, up: &mut dyn FnMut(&str) -> anyhow::Result<W>) -> anyhow::Result<LayerWeights<W>> {
-    let mut opt = |n: &Option<String>| -> anyhow::Result<Option<W>> { n.as_deref().map(&mut *up).transpose() };
-    let (wk, wv, bq, bk, bv) = (opt(&t.wk)?, opt(&t.wv)?, opt(&t.bq)?, opt(&t.bk)?, opt(&t.bv)?);
+fn load_layer<W>(
+    t: &LayerTensors,
+    up: &mut dyn FnMut(&str) -> anyhow::Result<W>,
+) -> anyhow::Result<LayerWeights<W>> {
+    let mut opt = |n: &Option<String>| -> anyhow::Result<Option<W>> {
+        n.as_deref().map(&mut *up).transpose()
+    };
+    let (wk, wv, bq, bk, bv) = (
+        opt(&t.wk)?,
+        opt(&t.wv)?,
+        opt(&t.bq)?,
+        opt(&t.bk)?,
+        opt(&t.bv)?,
+    );
     let (q_norm, k_norm) = (opt(&t.q_norm)?, opt(&t.k_norm)?);
-    let (post_attn_norm, post_ffn_norm, out_scale) = (opt(&t.post_attn_norm)?, opt(&t.post_ffn_norm)?, opt(&t.out_scale)?);
+    let (post_attn_norm, post_ffn_norm, out_scale) = (
+        opt(&t.post_attn_norm)?,
+        opt(&t.post_ffn_norm)?,
+        opt(&t.out_scale)?,
+    );
+    let ple = match (&t.ple_gate, &t.ple_proj, &t.ple_norm) {
+        (Some(gate), Some(proj), Some(post_norm)) => Some(LayerPleWeights {
+            gate: up(gate)?,
+            proj: up(proj)?,
+            post_norm: up(post_norm)?,
+        }),
+        _ => None,
+    };
     Ok(LayerWeights {
         attn_norm: up(&t.attn_norm)?,
         wq: up(&t.wq)?,
@@ -111,6 +167,7 @@ fn load_layer<W>(t: &LayerTensors, up: &mut dyn FnMut(&str) -> anyhow::Result<W>
         up: up(&t.up)?,
         down: up(&t.down)?,
         post_ffn_norm,
+        ple,
         out_scale,
     })
 }

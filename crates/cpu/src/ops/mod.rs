@@ -2,6 +2,7 @@
 
 pub mod act;
 pub mod attention;
+pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod rope;

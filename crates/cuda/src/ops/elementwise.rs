@@ -50,6 +50,44 @@ pub fn scale_by(b: &CudaBackend, x: &mut CudaTensor, s: &CudaWeight) {
     );
 }
 
+pub fn scale(b: &CudaBackend, x: &mut CudaTensor, c: f32) {
+    let n = x.len();
+    launch_1d(
+        b,
+        "scale",
+        n,
+        &[Arg::Ptr(x.ptr), Arg::F32(c), Arg::U64(n as u64)],
+    );
+}
+
+pub fn copy_cols(b: &CudaBackend, src: &CudaTensor, col0: usize, out: &mut CudaTensor) {
+    assert!(
+        col0 + out.cols <= src.cols,
+        "copy_cols: columns {col0}..{} of {}",
+        col0 + out.cols,
+        src.cols
+    );
+    assert_eq!(
+        out.rows, src.rows,
+        "copy_cols: {} rows from {}",
+        out.rows, src.rows
+    );
+    let n = out.len();
+    launch_1d(
+        b,
+        "copy_cols",
+        n,
+        &[
+            Arg::Ptr(src.ptr),
+            Arg::I32(src.cols as i32),
+            Arg::I32(col0 as i32),
+            Arg::Ptr(out.ptr),
+            Arg::I32(out.cols as i32),
+            Arg::U64(n as u64),
+        ],
+    );
+}
+
 pub fn softcap(b: &CudaBackend, x: &mut CudaTensor, cap: f32) {
     let n = x.len();
     launch_1d(
