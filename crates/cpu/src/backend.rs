@@ -8,18 +8,47 @@ use kestrel_gguf::{GgmlType, GgufFile};
 use kestrel_model::{FfnKind, RopeSpec};
 use rayon::prelude::*;
 
-use crate::ops::act::{gated, gelu, silu};
-use crate::ops::attention::{attention, AttnRows, Geometry, KvPool};
+use crate::ops::act::{gated, gelu, gelu_tanh_exact, silu};
+use crate::ops::attention::{attention, attention_exact, AttnRows, Geometry, KvPool};
 use crate::ops::elementwise;
 use crate::ops::matmul::{dequantize_rows, matmul, WeightMatrix};
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::rope_row;
 
-pub struct CpuBackend;
+/// How the CPU backend rounds outside the matmul.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// As llama.cpp's CPU backend with its default cache, so answers match its reference
+    /// outputs: K/V stored as f16, Q rounded to f16, an f16 V accumulator, GELU from an f16
+    /// table.
+    #[default]
+    LlamaCpp,
+    /// f32 everywhere: an f32 KV cache and attention, the GELU formula. The reference for
+    /// comparisons with f32 frameworks (the Hugging Face oracle tests). Quantized weights
+    /// still meet 8-bit quantized activations, as in every mode.
+    Exact,
+}
+
+pub struct CpuBackend {
+    precision: Precision,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        Self::with_precision(Precision::LlamaCpp)
+    }
+
+    /// f32 attention, cache and GELU (`Precision::Exact`).
+    pub fn exact() -> Self {
+        Self::with_precision(Precision::Exact)
+    }
+
+    pub fn with_precision(precision: Precision) -> Self {
+        CpuBackend { precision }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 }
 
@@ -102,7 +131,10 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv(&self, n_slots: usize, kv_dim: usize) -> anyhow::Result<KvPool> {
-        Ok(KvPool::new(n_slots, kv_dim))
+        Ok(match self.precision {
+            Precision::LlamaCpp => KvPool::new(n_slots, kv_dim),
+            Precision::Exact => KvPool::new_f32(n_slots, kv_dim),
+        })
     }
 
     fn begin_step(&self, step: &StepInfo) -> CpuStep {
@@ -166,12 +198,16 @@ impl Backend for CpuBackend {
             window: g.window,
             scale: g.scale,
         };
-        attention(&q.data, kv, &geom, &rows, &mut out.data);
+        match self.precision {
+            Precision::LlamaCpp => attention(&q.data, kv, &geom, &rows, &mut out.data),
+            Precision::Exact => attention_exact(&q.data, kv, &geom, &rows, &mut out.data),
+        }
     }
 
     fn gated_act(&self, gate: &mut CpuTensor, up: &CpuTensor, kind: FfnKind) {
         let act = match kind {
             FfnKind::SiluGated => silu,
+            FfnKind::GeluTanhGated if self.precision == Precision::Exact => gelu_tanh_exact,
             FfnKind::GeluTanhGated => gelu,
         };
         gate.data

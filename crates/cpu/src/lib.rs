@@ -4,4 +4,4 @@ pub mod backend;
 pub mod ops;
 pub mod quant_dot;
 
-pub use backend::CpuBackend;
+pub use backend::{CpuBackend, Precision};

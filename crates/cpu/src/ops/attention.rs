@@ -4,16 +4,23 @@
 //! the same answers: K and V are stored as f16, Q is rounded to f16 for the scores, keys are visited
 //! in order with an online softmax, and the V accumulator is kept in f16 (`acc = f16(fma(v, w, acc))`,
 //! rescaled in f16 when a new maximum appears). Scores and the softmax sum are f32.
+//!
+//! `attention_exact` is the f32 reference (an f32 cache, `CpuBackend::exact`): what the oracle
+//! tests against Hugging Face transformers use.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-/// One layer's K/V pools: `n_slots` rows of `kv_dim` each.
+/// One layer's K/V pools: `n_slots` rows of `kv_dim` each, in f16 (`k`, `v`), or in f32
+/// (`k32`, `v32`) for `attention_exact`; the other pair is empty.
 pub struct KvPool {
     pub k: Vec<f16>,
     pub v: Vec<f16>,
+    pub k32: Vec<f32>,
+    pub v32: Vec<f32>,
     pub kv_dim: usize,
+    pub exact: bool,
 }
 
 impl KvPool {
@@ -21,14 +28,34 @@ impl KvPool {
         KvPool {
             k: vec![f16::ZERO; n_slots * kv_dim],
             v: vec![f16::ZERO; n_slots * kv_dim],
+            k32: Vec::new(),
+            v32: Vec::new(),
             kv_dim,
+            exact: false,
+        }
+    }
+
+    /// An f32 cache, for `attention_exact`.
+    pub fn new_f32(n_slots: usize, kv_dim: usize) -> Self {
+        KvPool {
+            k: Vec::new(),
+            v: Vec::new(),
+            k32: vec![0.0; n_slots * kv_dim],
+            v32: vec![0.0; n_slots * kv_dim],
+            kv_dim,
+            exact: true,
         }
     }
 
     pub fn write(&mut self, slot: usize, k: &[f32], v: &[f32]) {
         let r = slot * self.kv_dim..(slot + 1) * self.kv_dim;
-        self.k[r.clone()].convert_from_f32_slice(k);
-        self.v[r].convert_from_f32_slice(v);
+        if self.exact {
+            self.k32[r.clone()].copy_from_slice(k);
+            self.v32[r].copy_from_slice(v);
+        } else {
+            self.k[r.clone()].convert_from_f32_slice(k);
+            self.v[r].convert_from_f32_slice(v);
+        }
     }
 }
 
@@ -86,6 +113,42 @@ pub fn attention(q: &[f32], kv: &KvPool, g: &Geometry, rows: &AttnRows, out: &mu
     });
 }
 
+/// Attention in f32 throughout, over an f32 cache (`KvPool::new_f32`): f32 Q·K scores, a
+/// two-pass softmax, the weighted sum of V in f32.
+pub fn attention_exact(q: &[f32], kv: &KvPool, g: &Geometry, rows: &AttnRows, out: &mut [f32]) {
+    assert!(kv.exact, "attention_exact needs an f32 cache");
+    let hd = g.head_dim;
+    let group = g.n_head / g.n_kv_head;
+    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let t = i / g.n_head;
+        let kvh = (i % g.n_head) / group;
+        let pos = rows.positions[t] as usize;
+        let lo = g.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let table = &rows.block_tables[rows.seq_index[t] as usize];
+        let row = |p: usize| {
+            let slot = table[p / rows.block_size] as usize * rows.block_size + p % rows.block_size;
+            slot * kv.kv_dim + kvh * hd..slot * kv.kv_dim + (kvh + 1) * hd
+        };
+        let qh = &q[i * hd..(i + 1) * hd];
+        let scores: Vec<f32> = (lo..=pos)
+            .map(|p| {
+                let k = &kv.k32[row(p)];
+                qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * g.scale
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+        let inv = 1.0 / weights.iter().sum::<f32>();
+        o.fill(0.0);
+        for (p, w) in (lo..=pos).zip(&weights) {
+            for (a, v) in o.iter_mut().zip(&kv.v32[row(p)]) {
+                *a += w * v;
+            }
+        }
+        o.iter_mut().for_each(|a| *a *= inv);
+    });
+}
+
 fn f16_simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -100,7 +163,7 @@ fn f16_simd() -> bool {
 /// Σ a·b over f16 vectors, in f32.
 fn dot_f16(simd: bool, a: &[f16], b: &[f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd && a.len() % 8 == 0 {
+    if simd && a.len().is_multiple_of(8) {
         // SAFETY: the features were detected at run time.
         return unsafe { x86::dot_f16(a, b) };
     }
@@ -111,7 +174,7 @@ fn dot_f16(simd: bool, a: &[f16], b: &[f16]) -> f32 {
 /// acc = f16(fma(v, w, acc))
 fn mad_f16(simd: bool, acc: &mut [f16], v: &[f16], w: f32) {
     #[cfg(target_arch = "x86_64")]
-    if simd && acc.len() % 8 == 0 {
+    if simd && acc.len().is_multiple_of(8) {
         // SAFETY: the features were detected at run time.
         return unsafe { x86::mad_f16(acc, v, w) };
     }
@@ -124,7 +187,7 @@ fn mad_f16(simd: bool, acc: &mut [f16], v: &[f16], w: f32) {
 /// acc = f16(acc * s)
 fn scale_f16(simd: bool, acc: &mut [f16], s: f32) {
     #[cfg(target_arch = "x86_64")]
-    if simd && acc.len() % 8 == 0 {
+    if simd && acc.len().is_multiple_of(8) {
         // SAFETY: the features were detected at run time.
         return unsafe { x86::scale_f16(acc, s) };
     }
@@ -191,12 +254,23 @@ mod tests {
             .collect()
     }
 
-    /// Plain f64 softmax attention: the tolerance covers the f16 storage and accumulator.
+    /// Plain f64 softmax attention: the tolerance covers the f16 storage and accumulator (and
+    /// f32 rounding for `attention_exact`).
     #[test]
     fn matches_a_plain_softmax_within_f16_rounding() {
+        for (exact, tol) in [(false, 4e-3), (true, 1e-5)] {
+            check_against_plain_softmax(exact, tol);
+        }
+    }
+
+    fn check_against_plain_softmax(exact: bool, tol: f64) {
         let (n_head, n_kv, hd, n_tok) = (4, 2, 64, 37);
         let kv_dim = n_kv * hd;
-        let mut pool = KvPool::new(64, kv_dim);
+        let mut pool = if exact {
+            KvPool::new_f32(64, kv_dim)
+        } else {
+            KvPool::new(64, kv_dim)
+        };
         let k = rand_vec(n_tok * kv_dim, 1);
         let v = rand_vec(n_tok * kv_dim, 2);
         // Scatter the positions over blocks in a non-trivial order.
@@ -224,7 +298,11 @@ mod tests {
                 scale: 0.125,
             };
             let mut out = vec![f32::NAN; q.len()];
-            attention(&q, &pool, &g, &rows, &mut out);
+            if exact {
+                attention_exact(&q, &pool, &g, &rows, &mut out);
+            } else {
+                attention(&q, &pool, &g, &rows, &mut out);
+            }
             for t in 0..n_tok {
                 for h in 0..n_head {
                     let kvh = h / 2;
@@ -242,7 +320,7 @@ mod tests {
                     for d in 0..hd {
                         let want: f64 = (lo..=t).zip(&e).map(|(p, w)| w * v[p * kv_dim + kvh * hd + d] as f64).sum::<f64>() / z;
                         let got = out[(t * n_head + h) * hd + d] as f64;
-                        assert!((got - want).abs() < 4e-3, "t={t} h={h} d={d}: {got} vs {want}");
+                        assert!((got - want).abs() < tol, "t={t} h={h} d={d}: {got} vs {want}");
                     }
                 }
             }
