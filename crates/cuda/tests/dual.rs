@@ -201,6 +201,18 @@ impl Backend for Dual {
 fn every_op_matches_inside_whole_models() {
     let mut cases = tiny_models();
     cases.extend(real_shaped_models());
+    // The Gemma 3 / Gemma 4 oracle fixtures (PLE, KV sharing, k_eq_v, per-layer head_dim).
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    for name in [
+        "gemma4-ple-shared.f32",
+        "gemma4-ple-shared.q8_0",
+        "gemma4-k-eq-v.q8_0",
+        "gemma3-swa.q8_0",
+    ] {
+        let f =
+            kestrel_gguf::GgufFile::open(fixtures.join(format!("{name}.gguf"))).expect("fixture");
+        cases.push((name, std::sync::Arc::new(f), 128));
+    }
     let mut failures = Vec::new();
     for (label, f, vocab) in cases {
         let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
@@ -227,7 +239,7 @@ fn every_op_matches_inside_whole_models() {
             })
             .collect();
         e.step(&entries).expect("prefill");
-        for t in [3u32, 99, 250] {
+        for t in [3u32, 99, 250].map(|t| t % vocab as u32) {
             e.step(&[BatchEntry {
                 seq: s,
                 token: t,
