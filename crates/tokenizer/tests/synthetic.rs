@@ -259,6 +259,114 @@ fn gemma4_roundtrip_and_chat() {
     assert_eq!(ids[..2], [2, g.id("<|turn>")]);
 }
 
+/// A template in the shape of the Gemma 4 ones shipped in GGUFs (written here, not copied):
+/// a macro stripping `<|channel>…<channel|>` thoughts from model turns with `namespace` and
+/// `split`, the system turn opened by `<|think|>` when thinking is on, `messages[1:]`, role
+/// mapping, `is string`, and the 26B/31B-style empty thought channel after the generation prompt.
+const GEMMA4_FILE_TEMPLATE: &str = r#"{%- macro strip_thinking(text) -%}
+    {%- set ns = namespace(result='') -%}
+    {%- for part in text.split('<channel|>') -%}
+        {%- if '<|channel>' in part -%}{%- set ns.result = ns.result + part.split('<|channel>')[0] -%}
+        {%- else -%}{%- set ns.result = ns.result + part -%}{%- endif -%}
+    {%- endfor -%}
+    {{- ns.result | trim -}}
+{%- endmacro -%}
+{%- set loop_messages = messages -%}
+{{- bos_token -}}
+{%- if (enable_thinking is defined and enable_thinking) or messages[0]['role'] in ['system', 'developer'] -%}
+    {{- '<|turn>system\n' -}}
+    {%- if enable_thinking is defined and enable_thinking -%}{{- '<|think|>\n' -}}{%- endif -%}
+    {%- if messages[0]['role'] in ['system', 'developer'] -%}
+        {{- messages[0]['content'] | trim -}}
+        {%- set loop_messages = messages[1:] -%}
+    {%- endif -%}
+    {{- '<turn|>\n' -}}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{- '<|turn>' + role + '\n' -}}
+    {%- if message['tool_calls'] -%}{{- '<|tool_call>' -}}{%- endif -%}
+    {%- if message['content'] is string -%}
+        {%- if role == 'model' -%}{{- strip_thinking(message['content']) -}}
+        {%- else -%}{{- message['content'] | trim -}}{%- endif -%}
+    {%- endif -%}
+    {{- '<turn|>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|turn>model\n' -}}
+    {%- if not enable_thinking | default(false) -%}{{- '<|channel>thought\n<channel|>' -}}{%- endif -%}
+{%- endif -%}"#;
+
+#[test]
+fn gemma4_chat_renders_the_files_template_and_stops_on_1_and_106() {
+    // The real ids: <eos> 1, <bos> 2, <|channel> 100, <channel|> 101, <|turn> 105, <turn|> 106.
+    let mut v = Vec::new();
+    for (t, ty) in [
+        ("<pad>", 3),
+        ("<eos>", 3),
+        ("<bos>", 3),
+        ("<unk>", 2),
+        ("<mask>", 3),
+    ] {
+        push(&mut v, t, ty, -1000.0);
+    }
+    while v.len() < 100 {
+        let n = v.len();
+        push(&mut v, &format!("<unused{n}>"), 3, -1000.0);
+    }
+    push(&mut v, "<|channel>", 4, 0.0);
+    push(&mut v, "<channel|>", 4, 0.0);
+    while v.len() < 105 {
+        let n = v.len();
+        push(&mut v, &format!("<unused{n}>"), 3, -1000.0);
+    }
+    assert_eq!(push(&mut v, "<|turn>", 3, -1000.0), 105);
+    assert_eq!(push(&mut v, "<turn|>", 3, -1000.0), 106);
+    push(&mut v, "</s>", 4, 0.0);
+    add_bytes(&mut v);
+    push(&mut v, "\n", 1, 0.0);
+    for c in "▁abcdeghilmnorstuwyAHS".chars() {
+        push(&mut v, &c.to_string(), 1, 0.0);
+    }
+    push(&mut v, "Hi", 1, 0.0);
+    let file = vocab_file(
+        "gemma4",
+        &v,
+        &["H i"],
+        &[
+            ("tokenizer.ggml.bos_token_id", MetaValue::U32(2)),
+            ("tokenizer.ggml.eos_token_id", MetaValue::U32(1)),
+            ("tokenizer.ggml.add_bos_token", MetaValue::Bool(true)),
+            (
+                "tokenizer.chat_template",
+                MetaValue::Str(GEMMA4_FILE_TEMPLATE.into()),
+            ),
+        ],
+    );
+    let t = Tokenizer::from_gguf(&file).expect("gemma4 tokenizer");
+    assert_eq!(t.chat_template(), Some(GEMMA4_FILE_TEMPLATE));
+    assert_eq!(t.eog_ids(), vec![1, 106]);
+    assert!(!t.is_eog(t.token_id("</s>").unwrap()) && !t.is_eog(105));
+    let msgs = [
+        ChatMessage::new("system", " Sys "),
+        ChatMessage::new("user", " Hi "),
+        ChatMessage::new("assistant", "<|channel>thought\nhmm<channel|>Hello"),
+        ChatMessage::new("user", "Again"),
+    ];
+    // The file's template, not the built-in one (which has no thought channel); BOS is left
+    // to the tokenizer.
+    let p = t.apply_chat_template(&msgs, true).unwrap();
+    assert_eq!(
+        p,
+        "<|turn>system\nSys<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\nHello<turn|>\n\
+         <|turn>user\nAgain<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
+    );
+    let ids = t.encode(&p, true, true);
+    assert_eq!(ids[..2], [2, 105]);
+    assert_eq!(ids.iter().filter(|&&i| i == 106).count(), 4);
+    assert_eq!(ids[ids.len() - 2..], [t.token_id("\n").unwrap(), 101]);
+}
+
 // ---------------------------------------------------------------- SPM
 
 fn spm(add_space_prefix: Option<bool>) -> Tokenizer {
