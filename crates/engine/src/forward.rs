@@ -6,11 +6,16 @@ use kestrel_model::ModelSpec;
 use crate::backend::{AttnGeom, Backend};
 use crate::weights::{PleWeights, Weights};
 
+/// Numerical bisection aid: with `KESTREL_DUMP=DIR`, every named intermediate is written to
+/// `DIR/<name>-<layer>.bin` (raw little-endian f32), named after llama.cpp's eval-callback
+/// tensors so the two engines can be compared op by op. Off (and free) otherwise.
 fn dump<B: Backend>(b: &B, name: &str, il: usize, t: &B::Tensor) {
-    if let Some(dir) = std::env::var_os("KESTREL_DUMP") {
-        let v = b.read(t);
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{name}-{il}.bin")), bytes);
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    if let Some(dir) = DIR.get_or_init(|| std::env::var_os("KESTREL_DUMP").map(Into::into)) {
+        let bytes: Vec<u8> = b.read(t).iter().flat_map(|x| x.to_le_bytes()).collect();
+        if let Err(e) = std::fs::write(dir.join(format!("{name}-{il}.bin")), bytes) {
+            eprintln!("KESTREL_DUMP: cannot write {name}-{il}: {e}");
+        }
     }
 }
 
