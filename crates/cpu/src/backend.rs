@@ -13,7 +13,7 @@ use crate::ops::attention::{attention, attention_exact, AttnRows, Geometry, KvPo
 use crate::ops::elementwise;
 use crate::ops::matmul::{dequantize_rows, matmul, WeightMatrix};
 use crate::ops::norm::rms_norm;
-use crate::ops::rope::rope_row;
+use crate::ops::rope::{rope_row, Rope};
 
 /// How the CPU backend rounds outside the matmul.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -148,7 +148,14 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rms_norm(&self, x: &CpuTensor, w: Option<&CpuWeight>, width: usize, eps: f32, out: &mut CpuTensor) {
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        w: Option<&CpuWeight>,
+        width: usize,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) {
         let w = w.map(|w| w.vec.as_slice());
         x.data
             .par_chunks(x.cols)
@@ -166,15 +173,30 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(&self, x: &mut CpuTensor, head_dim: usize, rope: &RopeSpec, factors: Option<&CpuWeight>, step: &CpuStep) {
-        let factors = if rope.freq_factors.is_some() { factors.map(|f| f.vec.as_slice()) } else { None };
-        let cols = x.cols;
+    fn rope(
+        &self,
+        x: &mut CpuTensor,
+        head_dim: usize,
+        rope: &RopeSpec,
+        factors: Option<&CpuWeight>,
+        step: &CpuStep,
+    ) {
+        let r = Rope {
+            head_dim,
+            n_rot: rope.n_rot,
+            base: rope.base,
+            freq_scale: rope.freq_scale,
+            neox: rope.neox,
+            factors: rope
+                .freq_factors
+                .as_ref()
+                .and(factors)
+                .map(|f| f.vec.as_slice()),
+        };
         x.data
-            .par_chunks_mut(cols)
+            .par_chunks_mut(x.cols)
             .zip(&step.info.positions)
-            .for_each(|(row, &pos)| {
-                rope_row(row, head_dim, rope.n_rot, rope.base, rope.freq_scale, rope.neox, factors, pos)
-            });
+            .for_each(|(row, &pos)| rope_row(row, &r, pos));
     }
 
     fn kv_write(&self, k: &CpuTensor, v: &CpuTensor, kv: &mut KvPool, step: &CpuStep) {
@@ -184,7 +206,14 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn attention(&self, q: &CpuTensor, kv: &KvPool, g: AttnGeom, step: &CpuStep, out: &mut CpuTensor) {
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        kv: &KvPool,
+        g: AttnGeom,
+        step: &CpuStep,
+        out: &mut CpuTensor,
+    ) {
         let rows = AttnRows {
             positions: &step.info.positions,
             seq_index: &step.info.seq_index,

@@ -39,6 +39,9 @@ mod tests {
         let w = vec![2.0; 8];
         let mut out2 = vec![0.0; 16];
         rms_norm(&x, Some(&w), 8, 0.0, &mut out2);
-        assert!(out.iter().zip(&out2).all(|(a, b)| (2.0 * a - b).abs() < 1e-6));
+        assert!(out
+            .iter()
+            .zip(&out2)
+            .all(|(a, b)| (2.0 * a - b).abs() < 1e-6));
     }
 }
