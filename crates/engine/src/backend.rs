@@ -121,4 +121,43 @@ pub trait Backend {
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor);
     /// Read a tensor back to the host.
     fn read(&self, x: &Self::Tensor) -> Vec<f32>;
+
+    /// The index of each row's largest value, the lowest index on ties (what greedy sampling
+    /// picks). A device backend reduces on the device and copies 4 bytes per row; the default
+    /// reads the rows back and searches them on the host.
+    /// `x` holds rows of `cols` values.
+    fn argmax_rows(&self, x: &Self::Tensor, cols: usize) -> Vec<u32> {
+        self.read(x)
+            .chunks_exact(cols.max(1))
+            .map(crate::sampler::argmax)
+            .collect()
+    }
+
+    // Decode-step graphs. A backend that records and replays the ops of a step (CUDA graphs)
+    // lists batch-size buckets; `Engine::step` pads a decode-only step (one token of each of n
+    // distinct sequences, all wanting logits) to the smallest bucket ≥ n with dummy entries
+    // whose KV writes go to a reserved scratch block, so the step's shapes — and every kernel
+    // argument — are fixed per bucket, and everything that changes from step to step lives in
+    // the step buffer `begin_step` uploads. The defaults (no buckets) run every step eagerly.
+
+    /// Batch sizes decode steps are padded to and replayed at; empty = no graphs.
+    fn graph_buckets(&self) -> &[usize] {
+        &[]
+    }
+    /// After `begin_step` of a padded decode step: replay the graph recorded for `bucket`, if
+    /// one is ready, and return its logits.
+    fn graph_replay(&self, _bucket: usize) -> Option<Self::Tensor> {
+        None
+    }
+    /// After `begin_step`: start recording this step's ops for `bucket` (they run only at
+    /// `graph_end`). False: run this step eagerly.
+    fn graph_begin(&self, _bucket: usize) -> bool {
+        false
+    }
+    /// Stop recording; the recorded graph runs once to produce `logits` and is kept for
+    /// replays. False if the recording failed: nothing ran, and the caller runs the step
+    /// eagerly instead.
+    fn graph_end(&self, _bucket: usize, _logits: &Self::Tensor) -> bool {
+        false
+    }
 }

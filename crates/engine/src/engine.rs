@@ -62,12 +62,13 @@ impl<B: Backend> Engine<B> {
     ) -> anyhow::Result<Self> {
         let weights = weights::load(&backend, &spec, file, progress)?;
         let n_blocks = config.kv_tokens.div_ceil(KV_BLOCK).max(1);
+        // One block past the pool's: the scratch block padding entries write to.
         let kv = spec
             .layers
             .iter()
             .map(|l| match l.kv_source {
                 Some(_) => Ok(None),
-                None => backend.alloc_kv(n_blocks * KV_BLOCK, l.kv_dim()).map(Some),
+                None => backend.alloc_kv((n_blocks + 1) * KV_BLOCK, l.kv_dim()).map(Some),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Engine {
@@ -122,20 +123,77 @@ impl<B: Backend> Engine<B> {
     /// Append the entries' tokens to their sequences and return the logits of the entries
     /// marked `logits`, in order. On error no sequence changes.
     pub fn step(&mut self, entries: &[BatchEntry]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let info = self.plan(entries)?;
-        let step = self.backend.begin_step(&info);
-        let n_logits = info.logit_rows.len();
-        let logits = forward(
-            &self.backend,
-            &self.spec,
-            &self.weights,
-            &mut self.kv,
-            &step,
-            entries.len(),
-            n_logits,
-        );
+        let (logits, n) = self.run(entries)?;
         let flat = self.backend.read(&logits);
-        Ok(flat.chunks_exact(self.spec.n_vocab).map(<[f32]>::to_vec).collect())
+        Ok(flat
+            .chunks_exact(self.spec.n_vocab)
+            .take(n)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// As `step`, but return only the greedy token (the largest logit, the lowest id on ties)
+    /// of each entry marked `logits`: a device backend copies 4 bytes per row instead of the
+    /// logits. Gives the tokens `Sampler::sample` picks at temperature 0 without penalties.
+    pub fn step_argmax(&mut self, entries: &[BatchEntry]) -> Result<Vec<u32>, EngineError> {
+        let (logits, n) = self.run(entries)?;
+        let mut ids = self.backend.argmax_rows(&logits, self.spec.n_vocab);
+        ids.truncate(n);
+        Ok(ids)
+    }
+
+    /// The batch-size bucket a step is padded to and replayed at: a decode-only step (each
+    /// entry one token of a distinct sequence, all wanting logits) on a backend with graphs.
+    fn bucket(&self, entries: &[BatchEntry]) -> Option<usize> {
+        let n = entries.len();
+        let bucket = *self.backend.graph_buckets().iter().find(|&&b| b >= n)?;
+        let distinct = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.logits && entries[..i].iter().all(|o| o.seq != e.seq));
+        (n > 0 && distinct).then_some(bucket)
+    }
+
+    /// Plan, upload and run one step's forward pass (replaying or recording a graph for
+    /// padded decode steps). Returns the logits on the device and how many of their rows
+    /// belong to `entries` (the rest are padding).
+    fn run(&mut self, entries: &[BatchEntry]) -> Result<(B::Tensor, usize), EngineError> {
+        let bucket = self.bucket(entries);
+        let mut info = self.plan(entries)?;
+        let n_real = info.logit_rows.len();
+        if let Some(b) = bucket {
+            self.pad(&mut info, b);
+        }
+        let step = self.backend.begin_step(&info);
+        let (n_tokens, n_logits) = (info.tokens.len(), info.logit_rows.len());
+        if let Some(b) = bucket {
+            if let Some(logits) = self.backend.graph_replay(b) {
+                return Ok((logits, n_real));
+            }
+        }
+        let recording = bucket.is_some_and(|b| self.backend.graph_begin(b));
+        let (b, spec, w) = (&self.backend, &self.spec, &self.weights);
+        let mut logits = forward(b, spec, w, &mut self.kv, &step, n_tokens, n_logits);
+        if recording && !b.graph_end(bucket.expect("recording"), &logits) {
+            drop(logits);
+            logits = forward(b, spec, w, &mut self.kv, &step, n_tokens, n_logits);
+        }
+        Ok((logits, n_real))
+    }
+
+    /// Pad a planned decode step to `bucket` entries: token 0 at position 0 of a sequence of
+    /// its own whose one block is the scratch block past the pool (never read by a real
+    /// sequence); their logit rows are computed and ignored.
+    fn pad(&self, info: &mut StepInfo, bucket: usize) {
+        let scratch = self.pool.n_blocks() as u32;
+        for _ in info.tokens.len()..bucket {
+            info.logit_rows.push(info.tokens.len() as u32);
+            info.tokens.push(0);
+            info.positions.push(0);
+            info.slots.push(scratch * KV_BLOCK as u32);
+            info.seq_index.push(info.block_tables.len() as u32);
+            info.block_tables.push(vec![scratch]);
+        }
     }
 
     /// Positions and slots for a step; reserves blocks (all or nothing).
