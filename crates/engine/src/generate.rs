@@ -103,8 +103,12 @@ pub fn generate<B: Backend>(
         sampler.accept(t);
     }
 
+    // Greedy without penalties or logprobs needs only each step's argmax: ask the engine for
+    // that (4 bytes per step from a GPU) instead of the logits.
+    let argmax_only = params.top_logprobs == 0 && params.sampler.is_plain_greedy();
     let t0 = Instant::now();
     let mut logits = Vec::new();
+    let mut picked: Option<u32> = None;
     let ubatch = params.ubatch.max(1);
     for (ci, chunk) in prompt.chunks(ubatch).enumerate() {
         let last_chunk = (ci + 1) * ubatch >= prompt.len();
@@ -117,7 +121,11 @@ pub fn generate<B: Backend>(
                 logits: last_chunk && i + 1 == chunk.len(),
             })
             .collect();
-        if let Some(l) = engine.step(&entries)?.pop() {
+        if argmax_only {
+            if let Some(t) = engine.step_argmax(&entries)?.pop() {
+                picked = Some(t);
+            }
+        } else if let Some(l) = engine.step(&entries)?.pop() {
             logits = l;
         }
     }
@@ -136,8 +144,11 @@ pub fn generate<B: Backend>(
     let mut dec = StreamDecoder::new(tok, false);
     let mut pending = String::new();
     let max_stop = params.stop.iter().map(String::len).max().unwrap_or(0);
-    while out.generated_ids.len() < params.max_tokens && !logits.is_empty() {
-        let token = sampler.sample(&logits);
+    while out.generated_ids.len() < params.max_tokens && (!logits.is_empty() || picked.is_some()) {
+        let token = match picked.take() {
+            Some(t) => t,
+            None => sampler.sample(&logits),
+        };
         sampler.accept(token);
         if params.top_logprobs > 0 {
             let top = top_logprobs(&logits, params.top_logprobs);
@@ -172,14 +183,16 @@ pub fn generate<B: Backend>(
         if out.generated_ids.len() >= params.max_tokens {
             break;
         }
-        logits = engine
-            .step(&[BatchEntry {
-                seq,
-                token,
-                logits: true,
-            }])?
-            .pop()
-            .unwrap_or_default();
+        let entry = [BatchEntry {
+            seq,
+            token,
+            logits: true,
+        }];
+        if argmax_only {
+            picked = engine.step_argmax(&entry)?.pop();
+        } else {
+            logits = engine.step(&entry)?.pop().unwrap_or_default();
+        }
     }
     if out.finish != FinishReason::Cancelled {
         pending.push_str(&dec.finish());

@@ -53,6 +53,15 @@ impl SamplerParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 || self.top_k == 1
     }
+
+    /// Greedy with no penalties: the pick is the raw logits' argmax, which a device backend
+    /// can compute without copying the logits (`Engine::step_argmax`).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy()
+            && self.repeat_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
 }
 
 pub struct Sampler {

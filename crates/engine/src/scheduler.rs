@@ -433,8 +433,19 @@ impl<'t, B: Backend> Scheduler<'t, B> {
             }
         }
 
+        // When every request sampled this step is greedy without penalties or logprobs, the
+        // engine returns only the argmax of each logits row (4 bytes a row from a GPU).
+        let argmax_only = plan.iter().all(|&(i, n)| {
+            let r = &self.running[i];
+            r.computed + n < r.tokens.len() || (!r.logprobs && r.sampler.params.is_plain_greedy())
+        });
+        let result = if argmax_only {
+            self.engine.step_argmax(&entries).map(Picks::Tokens)
+        } else {
+            self.engine.step(&entries).map(Picks::Logits)
+        };
         let mut done: Vec<usize> = Vec::new();
-        match self.engine.step(&entries) {
+        match result {
             Err(e) => {
                 // Nothing changed in the engine; the scheduled requests cannot go on.
                 for &(i, _) in &plan {
@@ -447,16 +458,23 @@ impl<'t, B: Backend> Scheduler<'t, B> {
                     done.push(i);
                 }
             }
-            Ok(logits) => {
-                let mut rows = logits.into_iter();
+            Ok(picks) => {
+                let (mut rows, mut tokens) = match picks {
+                    Picks::Logits(l) => (l.into_iter(), Vec::new().into_iter()),
+                    Picks::Tokens(t) => (Vec::new().into_iter(), t.into_iter()),
+                };
                 for &(i, n) in &plan {
                     let r = &mut self.running[i];
                     r.computed += n;
                     if r.computed < r.tokens.len() {
                         continue;
                     }
-                    let l = rows.next().expect("one logits row per finished chunk");
-                    if let Some(ev) = sample_into(r, self.tok, &l, &mut events) {
+                    let l = rows.next();
+                    let pick = match &l {
+                        Some(l) => Pick::Logits(l),
+                        None => Pick::Token(tokens.next().expect("one row per finished chunk")),
+                    };
+                    if let Some(ev) = sample_into(r, self.tok, pick, &mut events) {
                         events.push((r.id, ev));
                         done.push(i);
                     }
@@ -475,15 +493,32 @@ impl<'t, B: Backend> Scheduler<'t, B> {
     }
 }
 
-/// Sample the next token of `r` from `logits`, push its text delta to `events`, and return
-/// the final event if the request is done (the same rules as `generate`).
+/// A step's result: the logits rows of the finished chunks, or only their greedy tokens.
+enum Picks {
+    Logits(Vec<Vec<f32>>),
+    Tokens(Vec<u32>),
+}
+
+/// One request's row of a step's result.
+enum Pick<'a> {
+    Logits(&'a [f32]),
+    /// The greedy token, for a request that needs nothing else from its logits.
+    Token(u32),
+}
+
+/// Sample the next token of `r` from its logits (or take the greedy pick), push its text delta
+/// to `events`, and return the final event if the request is done (the same rules as
+/// `generate`).
 fn sample_into(
     r: &mut Active,
     tok: &Tokenizer,
-    logits: &[f32],
+    pick: Pick,
     events: &mut Vec<(RequestId, Event)>,
 ) -> Option<Event> {
-    let token = r.sampler.sample(logits);
+    let (token, logits) = match pick {
+        Pick::Logits(l) => (r.sampler.sample(l), l),
+        Pick::Token(t) => (t, &[][..]),
+    };
     r.sampler.accept(token);
     if tok.is_eog(token) {
         r.pending.push_str(&r.decoder.finish());

@@ -126,6 +126,8 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
     Ok(())
 }
 
+/// One forward pass over `toks`. The step returns the greedy token of its last row (what
+/// `kestrel run --temp 0` asks for: on a GPU the argmax runs there and 4 bytes come back).
 fn run_chunk<B: Backend>(e: &mut Engine<B>, seq: usize, toks: &[u32], last_logits: bool) -> Result<()> {
     let entries: Vec<BatchEntry> = toks
         .iter()
@@ -136,7 +138,7 @@ fn run_chunk<B: Backend>(e: &mut Engine<B>, seq: usize, toks: &[u32], last_logit
             logits: last_logits && i + 1 == toks.len(),
         })
         .collect();
-    e.step(&entries)?;
+    e.step_argmax(&entries)?;
     Ok(())
 }
 
