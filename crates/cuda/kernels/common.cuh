@@ -72,6 +72,26 @@ __device__ __forceinline__ int warp_sum_i(int v) {
     return v;
 }
 
+// Programmatic dependent launch (sm_90+; backend.rs launches every kernel with the PDL
+// attribute when it is on). A kernel may then start while its predecessor still runs: before
+// reading anything a predecessor wrote, or writing anything a predecessor may still read, it
+// calls PDL_WAIT (which returns once the predecessor has finished and its writes are visible;
+// at once when there is no programmatic dependency). PDL_TRIGGER, called right after, lets the
+// successor start launching (its blocks run until their own PDL_WAIT: the matvecs load their
+// weights first). Every kernel does both, before its first dependent access.
+#if __CUDA_ARCH__ >= 900
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_WAIT() ((void)0)
+#define PDL_TRIGGER() ((void)0)
+#endif
+#define PDL_START() \
+    do {            \
+        PDL_WAIT(); \
+        PDL_TRIGGER(); \
+    } while (0)
+
 // Correctly rounded (up to double rounding) f32 exp / tanh / cos / sin.
 __device__ __forceinline__ float exp_f(float x) { return (float)exp((double)x); }
 __device__ __forceinline__ float tanh_f(float x) { return (float)tanh((double)x); }

@@ -16,6 +16,10 @@
 #define GT_Q6_K 14
 #define GT_Q8_K 15
 #define GT_BF16 30
+// Rows repacked at upload for the 16-byte matvecs (matvec.cu, ops/matmul.rs `repack_*`).
+#define GT_REPACKED 0x100
+#define GT_Q8_0_R (GT_REPACKED | GT_Q8_0)
+#define GT_Q6_K_R (GT_REPACKED | GT_Q6_K)
 
 __device__ __forceinline__ int legacy_nib(const u8* qs, int j) { return (qs[j & 15] >> (4 * (j >> 4))) & 0xF; }
 
@@ -35,8 +39,8 @@ __device__ __forceinline__ int q3k_scale(const u8* sc, int j) {
     return (lo4 | (hi2 << 4)) - 32;
 }
 
-// Element `i` of a row that starts at `row`.
-__device__ float dequant_elem(int ty, const u8* row, int i) {
+// Element `i` of a row of `cols` values that starts at `row`.
+__device__ float dequant_elem(int ty, const u8* row, int i, int cols) {
     switch (ty) {
     case GT_F32: return ((const float*)row)[i];
     case GT_F16: return ldh(row + 2 * i);
@@ -108,6 +112,20 @@ __device__ float dequant_elem(int ty, const u8* row, int i) {
         int c = (lo4 | (hi2 << 4)) - 32;
         float sc = (float)(i8)b[192 + (k >> 4)];
         return __fmul_rn(__fmul_rn(ldh(b + 208), sc), (float)c);
+    }
+    case GT_Q8_0_R: {
+        const int nb = cols >> 5;
+        return __fmul_rn(ldh(row + nb * 32 + 2 * (i >> 5)), (float)(i8)row[i]);
+    }
+    case GT_Q6_K_R: {
+        const int nb = cols >> 8, b = i >> 8;
+        int k = i & 255, h = k >> 7, s = (k >> 5) & 3, l = k & 31, g = l >> 4, li = l & 15;
+        const u8* unit = row + 48 * (4 * b + 2 * h + g);
+        int lo4 = (unit[16 * (s & 1) + li] >> (4 * (s >> 1))) & 0xF;
+        int hi2 = (unit[32 + li] >> (2 * s)) & 3;
+        int c = (lo4 | (hi2 << 4)) - 32;
+        float sc = (float)(i8)row[nb * 192 + 16 * b + (k >> 4)];
+        return __fmul_rn(__fmul_rn(ldh(row + nb * 208 + 2 * b), sc), (float)c);
     }
     case GT_Q8_K: {
         const u8* b = row + (i >> 8) * 292;

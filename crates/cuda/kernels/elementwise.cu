@@ -1,6 +1,8 @@
 // Small elementwise ops on f32 tensors. Grid-stride loops over n values.
 
-#define GRID_LOOP(n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
+#define GRID_LOOP(n) \
+    PDL_START();     \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 
 // x += y
 extern "C" __global__ void add(float* x, const float* y, u64 n) {
@@ -14,7 +16,7 @@ extern "C" __global__ void add_bias(float* x, const float* b, int cols, u64 n) {
 
 // x *= s[0] (a one-element weight on the device)
 extern "C" __global__ void scale_by(float* x, const float* s, u64 n) {
-    const float v = s[0];
+    const float v = s[0];  // a weight: no predecessor writes it
     GRID_LOOP(n) x[i] = __fmul_rn(x[i], v);
 }
 
@@ -38,6 +40,7 @@ extern "C" __global__ void softcap(float* x, float cap, u64 n) {
 
 // out[k] = x[rows[k]] for k < n_rows (rows: the step's logit rows). grid = (.., n_rows).
 extern "C" __global__ void gather_rows(const float* x, const u32* rows, int cols, float* out) {
+    PDL_START();
     const int k = blockIdx.y;
     const float* src = x + (u64)rows[k] * cols;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)

@@ -3,6 +3,7 @@
 
 extern "C" __global__ void kv_write(const float* k, const float* v, u16* kpool, u16* vpool,
                                     const u32* slots, int kv_dim) {
+    PDL_START();
     const int t = blockIdx.y;
     const u64 dst = (u64)slots[t] * kv_dim;
     const u64 src = (u64)t * kv_dim;

@@ -1,18 +1,34 @@
-// out[t][r] = sum_k W[r][k] * x[t][k]: one warp per weight row, 4 rows per 128-thread block,
-// tokens handled MV_NT at a time so each weight chunk is decoded once for up to MV_NT tokens.
+// out[t][r] = sum_k W[r][k] * x[t][k] for quantized and float weights.
 //
 // Quantized weights pair with the activation formats the CPU backend uses (specs/quants.md §1),
 // so both backends form the same integer sums and differ only in float summation order:
-// Q4_0/Q5_0/Q8_0/Q4_1/Q5_1 with Q8_1 blocks (same d and codes as the CPU's Q8_0 / Q8_1), the
-// K-quants with Q8_K blocks (quantize.cu). Each lane takes 32-element chunks of the row (a legacy
-// block, or 1/8 of a K-quant super-block), unpacks the weight codes into eight int8x4 words in
-// element order and dots them with the activation codes by dp4a. Offsets and mins are folded as
-// on the CPU (§6): signed codes for Q4_0/Q5_0/Q3_K/Q6_K, the Q8_1 `s` field for Q4_1/Q5_1, the
-// Q8_K per-16 sums for the K-quant mins. Float weights (F32/F16/BF16) take the f32 activations.
+// Q4_0/Q5_0/Q8_0/Q4_1/Q5_1 with A32 blocks (the CPU's Q8_0 / Q8_1 d and codes), the K-quants
+// with A256 blocks (its Q8_K); quantize.cu writes both, as arrays of codes, scales and sums.
+// Offsets and mins are folded as on the CPU (§6): signed codes for Q4_0/Q5_0/Q3_K/Q6_K, the A32
+// `s` field for Q4_1/Q5_1, the A256 per-16 sums for the K-quant mins.
+//
+// Two families of kernels, both one warp per weight row, 4 rows per 128-thread block:
+// - mv_q4_k, mv_q6_kr, mv_q8_0r (the types of Q4_K_M / Q6_K / Q8_0 models): 16-byte loads of
+//   the weights (Q6_K and Q8_0 rows repacked at upload, ops/matmul.rs `repack`), U units per
+//   lane in flight, weight-stationary over NT tokens (NT = 1, 2, 4, 8: each weight unit is
+//   decoded once for NT tokens; more tokens loop over groups of 8).
+// - matvec_<type> (every type, and the fallback): 32-element chunks per lane, 4-byte loads,
+//   tokens 8 at a time.
+// In both, the lane -> weight mapping and the order of each token's sums do not depend on the
+// number of tokens (and the 16-byte kernels spell their roundings out, so no instantiation can
+// contract differently): a token's result is the same bits whatever batch it runs in, which lets
+// a padded, graph-replayed decode step match an eager one.
 
 #define MV_NT 8
-#define Q8_1_BYTES 36
-#define Q8_K_BYTES 292
+#define MV_WARPS 4
+
+// Activations in the A32 / A256 layout: codes [n_tok][K]; A32: d, s f16 [n_tok][K/32];
+// A256: d f32 [n_tok][K/256], sums int16 [n_tok][K/16].
+struct Act {
+    const i8* c;
+    const void* d;
+    const void* s;
+};
 
 // One 32-element weight chunk: codes in element order (word k = elements 4k..4k+3), scales.
 struct WC {
@@ -181,36 +197,31 @@ template <> struct Ty<GT_Q6_K> {
     }
 };
 
-// Activation data of chunk `c` of token row `t`: a Q8_1 block (legacy kinds) or the Q8_K block
-// holding the chunk (K-quant kinds).
-template <int KIND> __device__ __forceinline__ const u8* act_block(const u8* xq, u64 t, int nchunks, int c) {
-    if (KIND == K_PLAIN || KIND == K_MIN_S) return xq + (t * nchunks + c) * Q8_1_BYTES;
-    return xq + (t * (nchunks >> 3) + (c >> 3)) * Q8_K_BYTES;
-}
-
-// One weight chunk against its activation codes.
-template <int KIND> __device__ __forceinline__ float dot_chunk(const WC& w, const u8* ab, int c) {
-    const bool q81 = KIND == K_PLAIN || KIND == K_MIN_S;
-    const int* a = (const int*)(ab + 4 + (q81 ? 0 : (c & 7) * 32));
+// One weight chunk against chunk `c` of token row `t`'s activations.
+template <int KIND> __device__ __forceinline__ float dot_chunk(const WC& w, const Act& a, u64 t, int nchunks, int c) {
+    const u64 bi = t * nchunks + c;
+    const int* x = (const int*)(a.c + bi * 32);
     int i0 = 0, i1 = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        i0 = dp4a(w.q[k], a[k], i0);
-        i1 = dp4a(w.q[k + 4], a[k + 4], i1);
+        i0 = dp4a(w.q[k], x[k], i0);
+        i1 = dp4a(w.q[k + 4], x[k + 4], i1);
     }
-    if (KIND == K_PLAIN) return (w.d * ldh(ab)) * (float)(i0 + i1);
-    if (KIND == K_MIN_S) return (w.d * ldh(ab)) * (float)(i0 + i1) + w.dm * ldh(ab + 2);
-    const float da = *(const float*)ab;
+    if (KIND == K_PLAIN) return (w.d * h2f(((const u16*)a.d)[bi])) * (float)(i0 + i1);
+    if (KIND == K_MIN_S)
+        return (w.d * h2f(((const u16*)a.d)[bi])) * (float)(i0 + i1) + w.dm * h2f(((const u16*)a.s)[bi]);
+    const float da = ((const float*)a.d)[t * (nchunks >> 3) + (c >> 3)];
     if (KIND == K_S16) return (w.d * da) * (float)(w.s0 * i0 + w.s1 * i1);
-    const short* bs = (const short*)(ab + 260) + 2 * (c & 7);
+    const short* bs = (const short*)a.s + bi * 2;
     const int b0 = bs[0], b1 = bs[1];
     if (KIND == K_K32MIN) return da * (w.d * (float)(w.s0 * (i0 + i1)) - w.dm * (float)(w.m0 * (b0 + b1)));
     return da * (w.d * (float)(w.s0 * i0 + w.s1 * i1) - w.dm * (float)(w.m0 * b0 + w.m1 * b1));
 }
 
 template <int T>
-__device__ __forceinline__ void matvec_q(const u8* W, u64 row_bytes, int rows, int nchunks, const u8* xq,
+__device__ __forceinline__ void matvec_q(const u8* W, u64 row_bytes, int rows, int nchunks, const Act a,
                                          float* out, int n_tok) {
+    PDL_START();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;  // uniform per warp
@@ -225,7 +236,7 @@ __device__ __forceinline__ void matvec_q(const u8* W, u64 row_bytes, int rows, i
 #pragma unroll
             for (int t = 0; t < MV_NT; ++t)
                 if (t0 + t < n_tok)
-                    acc[t] += dot_chunk<Ty<T>::KIND>(w, act_block<Ty<T>::KIND>(xq, t0 + t, nchunks, c), c);
+                    acc[t] += dot_chunk<Ty<T>::KIND>(w, a, t0 + t, nchunks, c);
         }
 #pragma unroll
         for (int t = 0; t < MV_NT; ++t) {
@@ -243,6 +254,7 @@ template <> __device__ __forceinline__ float load_wf<GT_BF16>(const u8* row, int
 template <int T>
 __device__ __forceinline__ void matvec_f(const u8* W, u64 row_bytes, int rows, int cols, const float* x, float* out,
                                          int n_tok) {
+    PDL_START();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
@@ -266,9 +278,9 @@ __device__ __forceinline__ void matvec_f(const u8* W, u64 row_bytes, int rows, i
 }
 
 #define MATVEC_Q(name, T)                                                                               \
-    extern "C" __global__ void name(const u8* W, u64 row_bytes, int rows, int nchunks, const u8* xq,    \
-                                    float* out, int n_tok) {                                            \
-        matvec_q<T>(W, row_bytes, rows, nchunks, xq, out, n_tok);                                       \
+    extern "C" __global__ void name(const u8* W, u64 row_bytes, int rows, int nchunks, const i8* xc,    \
+                                    const void* xd, const void* xs, float* out, int n_tok) {            \
+        matvec_q<T>(W, row_bytes, rows, nchunks, Act{xc, xd, xs}, out, n_tok);                          \
     }
 #define MATVEC_F(name, T)                                                                               \
     extern "C" __global__ void name(const u8* W, u64 row_bytes, int rows, int cols, const float* x,     \
@@ -289,3 +301,270 @@ MATVEC_Q(matvec_q6_k, GT_Q6_K)
 MATVEC_F(matvec_f32, GT_F32)
 MATVEC_F(matvec_f16, GT_F16)
 MATVEC_F(matvec_bf16, GT_BF16)
+
+// ---- 16-byte kernels -------------------------------------------------------------------------
+
+__device__ __forceinline__ int byte_of(u32 w, int k) { return (int)((w >> (8 * k)) & 0xFFu); }
+
+// Sum of the four int8x4 products of 16 weight codes and 16 activation codes.
+__device__ __forceinline__ int dot16(const int* w, const int4 a) {
+    return dp4a(w[3], a.w, dp4a(w[2], a.z, dp4a(w[1], a.y, dp4a(w[0], a.x, 0))));
+}
+
+// Q4_K (144-byte blocks: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of
+// nibbles; blocks are 16-byte aligned as uploaded). A segment is 16 bytes of nibbles: segment
+// j = 2p + h of a block holds, in its low nibbles, elements 64p + 16h .. +16 (sub-block 2p) and in
+// its high nibbles elements 64p + 32 + 16h .. +16 (sub-block 2p + 1). Lane l takes segments
+// l, l + 32, ... of the row (8 lanes per block: the block header is one broadcast 16-byte load).
+
+// Scale and min of sub-block j (0..7) from the header words y, z, w (scale bytes 0-3, 4-7, 8-11).
+__device__ __forceinline__ void q4k_sm(const uint4 hd, int j, int& s, int& m) {
+    const int k = j & 3;
+    if (j < 4) {
+        s = byte_of(hd.y, k) & 63;
+        m = byte_of(hd.z, k) & 63;
+    } else {
+        s = (byte_of(hd.w, k) & 15) | ((byte_of(hd.y, k) >> 6) << 4);
+        m = (byte_of(hd.w, k) >> 4) | ((byte_of(hd.z, k) >> 6) << 4);
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void q4k_seg(const uint4 hd, const uint4 q, int sg, const Act& a, int K, int nb, int t0,
+                                        int n_tok, float* acc) {
+    const int b = sg >> 3, j = sg & 7, p = j >> 1, h = j & 1;
+    int s0, m0, s1, m1;
+    q4k_sm(hd, 2 * p, s0, m0);
+    q4k_sm(hd, 2 * p + 1, s1, m1);
+    const float d = h2f((u16)(hd.x & 0xFFFFu)), dmin = h2f((u16)(hd.x >> 16));
+    const int wl[4] = {(int)(q.x & 0x0F0F0F0Fu), (int)(q.y & 0x0F0F0F0Fu), (int)(q.z & 0x0F0F0F0Fu),
+                       (int)(q.w & 0x0F0F0F0Fu)};
+    const int wh[4] = {(int)((q.x >> 4) & 0x0F0F0F0Fu), (int)((q.y >> 4) & 0x0F0F0F0Fu),
+                       (int)((q.z >> 4) & 0x0F0F0F0Fu), (int)((q.w >> 4) & 0x0F0F0F0Fu)};
+    const int e0 = b * 256 + 64 * p + 16 * h;  // first element of the low-nibble run
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t0 + t < n_tok) {
+            const u64 tt = (u64)(t0 + t);
+            const i8* xt = a.c + tt * K;
+            const int d0 = dot16(wl, *(const int4*)(xt + e0));
+            const int d1 = dot16(wh, *(const int4*)(xt + e0 + 32));
+            const short* bs = (const short*)a.s + tt * (K >> 4) + (e0 >> 4);
+            const int b0 = bs[0], b1 = bs[2];
+            const float da = ((const float*)a.d)[tt * nb + b];
+            const float f = __fsub_rn(__fmul_rn(d, (float)(s0 * d0 + s1 * d1)), __fmul_rn(dmin, (float)(m0 * b0 + m1 * b1)));
+            acc[t] = __fmaf_rn(da, f, acc[t]);
+        }
+    }
+}
+
+// U segments per lane are loaded before any is used (all of a 4096-column row's at U = 4), so a
+// warp waits for memory once per U segments. The order of each token's sums is the lane's
+// segments in increasing order whatever U is, so every (NT, U) gives the same bits.
+template <int NT, int U>
+__device__ __forceinline__ void mv_q4_k(const u8* W, u64 row_bytes, int rows, int nb, const Act a, float* out,
+                                        int n_tok) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;  // uniform per warp
+    const u8* wr = W + (u64)row * row_bytes;
+    const int K = nb * 256, nseg = nb * 8;
+    bool waited = false;  // PDL: the first weights are loaded before waiting on the predecessor
+    for (int t0 = 0; t0 < n_tok; t0 += NT) {
+        float acc[NT];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+        for (int s0 = lane; s0 < nseg; s0 += 32 * U) {
+            uint4 hd[U], q[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int sg = s0 + 32 * u;
+                if (sg < nseg) {
+                    const u8* bp = wr + (u64)(sg >> 3) * 144;
+                    hd[u] = *(const uint4*)bp;
+                    q[u] = *(const uint4*)(bp + 16 + 16 * (sg & 7));
+                }
+            }
+            if (!waited) {
+                PDL_START();
+                waited = true;
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+                if (s0 + 32 * u < nseg) q4k_seg<NT>(hd[u], q[u], s0 + 32 * u, a, K, nb, t0, n_tok, acc);
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0 && t0 + t < n_tok) out[(u64)(t0 + t) * rows + row] = v;
+        }
+    }
+}
+
+// Q6_K, repacked at upload (ops/matmul.rs `repack_q6_k`): a row of nb blocks is nb * 4 units of
+// 48 bytes, then the nb * 16 int8 scales, then the nb f16 d, the row padded to 16 bytes. Unit
+// u = 4b + 2h + g of block b holds ql[64h + 16g .. +16], ql[64h + 32 + 16g .. +16] and
+// qh[32h + 16g .. +16] of the original block: elements 128h + 32s + 16g .. +16 for s = 0..3, whose
+// scales are sc[8h + 2s + g].
+template <int NT>
+__device__ __forceinline__ void q6k_unit(const uint4 q0, const uint4 q1, const uint4 qh, const uint2 scv, float dw,
+                                         int u, const Act& a, int K, int nb, int t0, int n_tok, float* acc) {
+    const int b = u >> 2, h = (u >> 1) & 1, g = u & 1;
+    const u32 w[4] = {q0.x, q0.y, q0.z, q0.w}, v[4] = {q1.x, q1.y, q1.z, q1.w}, hh[4] = {qh.x, qh.y, qh.z, qh.w};
+    int c0[4], c1[4], c2[4], c3[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        c0[k] = sub_bytes((w[k] & 0x0F0F0F0Fu) | ((hh[k] & 0x03030303u) << 4), 32);
+        c1[k] = sub_bytes((v[k] & 0x0F0F0F0Fu) | (((hh[k] >> 2) & 0x03030303u) << 4), 32);
+        c2[k] = sub_bytes(((w[k] >> 4) & 0x0F0F0F0Fu) | (((hh[k] >> 4) & 0x03030303u) << 4), 32);
+        c3[k] = sub_bytes(((v[k] >> 4) & 0x0F0F0F0Fu) | (((hh[k] >> 6) & 0x03030303u) << 4), 32);
+    }
+    const int sc0 = (int)(i8)byte_of(scv.x, g), sc1 = (int)(i8)byte_of(scv.x, g + 2);
+    const int sc2 = (int)(i8)byte_of(scv.y, g), sc3 = (int)(i8)byte_of(scv.y, g + 2);
+    const int e0 = b * 256 + 128 * h + 16 * g;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t0 + t < n_tok) {
+            const u64 tt = (u64)(t0 + t);
+            const i8* xt = a.c + tt * K + e0;
+            const int isum = sc0 * dot16(c0, *(const int4*)xt) + sc1 * dot16(c1, *(const int4*)(xt + 32)) +
+                             sc2 * dot16(c2, *(const int4*)(xt + 64)) + sc3 * dot16(c3, *(const int4*)(xt + 96));
+            const float da = ((const float*)a.d)[tt * nb + b];
+            acc[t] = __fmaf_rn(__fmul_rn(dw, da), (float)isum, acc[t]);
+        }
+    }
+}
+
+template <int NT, int U>
+__device__ __forceinline__ void mv_q6_kr(const u8* W, u64 row_bytes, int rows, int nb, const Act a, float* out,
+                                         int n_tok) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;  // uniform per warp
+    const u8* wr = W + (u64)row * row_bytes;
+    const u8* scr = wr + (u64)nb * 192;
+    const u16* dr = (const u16*)(wr + (u64)nb * 208);
+    const int K = nb * 256, nu = nb * 4;
+    bool waited = false;  // PDL: the first weights are loaded before waiting on the predecessor
+    for (int t0 = 0; t0 < n_tok; t0 += NT) {
+        float acc[NT];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+        for (int u0 = lane; u0 < nu; u0 += 32 * U) {
+            uint4 q0[U], q1[U], qh[U];
+            uint2 sc[U];
+            float dw[U];
+#pragma unroll
+            for (int i = 0; i < U; ++i) {
+                const int u = u0 + 32 * i;
+                if (u < nu) {
+                    const uint4* p = (const uint4*)(wr + (u64)u * 48);
+                    q0[i] = p[0];
+                    q1[i] = p[1];
+                    qh[i] = p[2];
+                    sc[i] = *(const uint2*)(scr + 16 * (u >> 2) + 8 * ((u >> 1) & 1));
+                    dw[i] = h2f(dr[u >> 2]);
+                }
+            }
+            if (!waited) {
+                PDL_START();
+                waited = true;
+            }
+#pragma unroll
+            for (int i = 0; i < U; ++i)
+                if (u0 + 32 * i < nu)
+                    q6k_unit<NT>(q0[i], q1[i], qh[i], sc[i], dw[i], u0 + 32 * i, a, K, nb, t0, n_tok, acc);
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0 && t0 + t < n_tok) out[(u64)(t0 + t) * rows + row] = v;
+        }
+    }
+}
+
+// Q8_0, repacked at upload (ops/matmul.rs `repack_q8_0`): a row of nb blocks is the nb * 32
+// codes, then the nb f16 d, the row padded to 16 bytes. A unit is 16 codes (half a block).
+template <int NT>
+__device__ __forceinline__ void q80_unit(const int4 qv, float dw, int u, const Act& a, int K, int nb, int t0,
+                                         int n_tok, float* acc) {
+    const int w[4] = {qv.x, qv.y, qv.z, qv.w};
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t0 + t < n_tok) {
+            const u64 tt = (u64)(t0 + t);
+            const int i = dot16(w, *(const int4*)(a.c + tt * K + 16 * u));
+            const float da = h2f(((const u16*)a.d)[tt * nb + (u >> 1)]);
+            acc[t] = __fmaf_rn(__fmul_rn(dw, da), (float)i, acc[t]);
+        }
+    }
+}
+
+template <int NT, int U>
+__device__ __forceinline__ void mv_q8_0r(const u8* W, u64 row_bytes, int rows, int nb, const Act a, float* out,
+                                         int n_tok) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;  // uniform per warp
+    const u8* wr = W + (u64)row * row_bytes;
+    const u16* dr = (const u16*)(wr + (u64)nb * 32);
+    const int K = nb * 32, nu = nb * 2;
+    bool waited = false;  // PDL: the first weights are loaded before waiting on the predecessor
+    for (int t0 = 0; t0 < n_tok; t0 += NT) {
+        float acc[NT];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+        for (int u0 = lane; u0 < nu; u0 += 32 * U) {
+            int4 q[U];
+            float dw[U];
+#pragma unroll
+            for (int i = 0; i < U; ++i) {
+                const int u = u0 + 32 * i;
+                if (u < nu) {
+                    q[i] = *(const int4*)(wr + (u64)u * 16);
+                    dw[i] = h2f(dr[u >> 1]);
+                }
+            }
+            if (!waited) {
+                PDL_START();
+                waited = true;
+            }
+#pragma unroll
+            for (int i = 0; i < U; ++i)
+                if (u0 + 32 * i < nu) q80_unit<NT>(q[i], dw[i], u0 + 32 * i, a, K, nb, t0, n_tok, acc);
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0 && t0 + t < n_tok) out[(u64)(t0 + t) * rows + row] = v;
+        }
+    }
+}
+
+// U (units in flight per lane) is 2, or 4 for the `x4` variants of 1-2 tokens (ops/matmul.rs
+// picks by row length: more in flight, but more registers and fewer resident warps).
+#define MV16(name, fn, NT, U)                                                                             \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                         \
+        name(const u8* W, u64 row_bytes, int rows, int nb, const i8* xc, const void* xd, const void* xs, \
+             float* out, int n_tok) {                                                                     \
+        fn<NT, U>(W, row_bytes, rows, nb, Act{xc, xd, xs}, out, n_tok);                                   \
+    }
+
+MV16(mv_q4_k_1, mv_q4_k, 1, 2)
+MV16(mv_q4_k_2, mv_q4_k, 2, 2)
+MV16(mv_q4_k_4, mv_q4_k, 4, 2)
+MV16(mv_q4_k_8, mv_q4_k, 8, 2)
+MV16(mv_q4_k_1x4, mv_q4_k, 1, 4)
+MV16(mv_q4_k_2x4, mv_q4_k, 2, 4)
+MV16(mv_q6_kr_1, mv_q6_kr, 1, 2)
+MV16(mv_q6_kr_2, mv_q6_kr, 2, 2)
+MV16(mv_q6_kr_4, mv_q6_kr, 4, 2)
+MV16(mv_q6_kr_8, mv_q6_kr, 8, 2)
+MV16(mv_q6_kr_1x4, mv_q6_kr, 1, 4)
+MV16(mv_q6_kr_2x4, mv_q6_kr, 2, 4)
+MV16(mv_q8_0r_1, mv_q8_0r, 1, 2)
+MV16(mv_q8_0r_2, mv_q8_0r, 2, 2)
+MV16(mv_q8_0r_4, mv_q8_0r, 4, 2)
+MV16(mv_q8_0r_8, mv_q8_0r, 8, 2)
+MV16(mv_q8_0r_1x4, mv_q8_0r, 1, 4)
+MV16(mv_q8_0r_2x4, mv_q8_0r, 2, 4)

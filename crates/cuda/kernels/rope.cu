@@ -3,12 +3,15 @@
 // repeated f32 multiplication (theta_scale = base^(-2/n_rot), computed on the host in f32),
 // divided by the optional freq factor, times freq_scale; cos/sin rounded once from double.
 // NeoX pairs (i, i + n_rot/2), otherwise adjacent pairs (2i, 2i+1); dims >= n_rot untouched.
-// grid = n_tokens; dynamic shared memory = n_rot floats.
+// grid = (n_tokens, n_heads): each block computes its token's angles and rotates one head (the
+// angles are recomputed per head: cheap, and a decode step gets n_heads blocks, not one).
+// Dynamic shared memory = n_rot floats.
 
 extern "C" __global__ void rope(float* x, int cols, int head_dim, int n_rot, float theta_scale,
                                 float freq_scale, int neox, const float* factors, const u32* positions) {
     extern __shared__ float cs[];
-    const int t = blockIdx.x;
+    PDL_START();
+    const int t = blockIdx.x, h = blockIdx.y;
     const int half = n_rot / 2;
     const float pos = (float)positions[t];
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -22,11 +25,8 @@ extern "C" __global__ void rope(float* x, int cols, int head_dim, int n_rot, flo
         cs[half + i] = (float)sd;
     }
     __syncthreads();
-    float* row = x + (u64)t * cols;
-    const int n_pairs = (cols / head_dim) * half;
-    for (int idx = threadIdx.x; idx < n_pairs; idx += blockDim.x) {
-        const int h = idx / half, i = idx % half;
-        float* hp = row + h * head_dim;
+    float* hp = x + (u64)t * cols + (u64)h * head_dim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const int a = neox ? i : 2 * i;
         const int b = neox ? i + half : 2 * i + 1;
         const float x0 = hp[a], x1 = hp[b];

@@ -34,6 +34,8 @@ pub struct Arena {
     stack: Vec<Slot>,
     overflow: Vec<CudaSlice<u8>>,
     generation: u64,
+    /// Bumped whenever the buffer is replaced (its addresses change).
+    epoch: u64,
 }
 
 /// A handle for freeing an allocation; stale after the next reset.
@@ -41,6 +43,16 @@ pub struct Arena {
 pub struct AllocId {
     index: usize,
     generation: u64,
+}
+
+impl AllocId {
+    /// A handle whose free does nothing (for a view of memory the arena holds for someone else).
+    pub fn detached() -> Self {
+        AllocId {
+            index: usize::MAX,
+            generation: u64::MAX,
+        }
+    }
 }
 
 impl Arena {
@@ -55,7 +67,13 @@ impl Arena {
             stack: Vec::new(),
             overflow: Vec::new(),
             generation: 0,
+            epoch: 0,
         }
+    }
+
+    /// Changes whenever the buffer moves (addresses recorded before are then stale).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn capacity(&self) -> usize {
@@ -88,6 +106,7 @@ impl Arena {
         };
         self.buf = Some(buf);
         self.cap = bytes;
+        self.epoch += 1;
         Ok(())
     }
 

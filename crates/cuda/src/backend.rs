@@ -1,12 +1,24 @@
-//! `Backend` for NVIDIA GPUs: device context, kernel modules, weights, the activation arena and
-//! the per-step metadata buffer. Ops launch kernels from `ops/`; this file holds the plumbing.
+//! `Backend` for NVIDIA GPUs: device context, kernel modules, weights, the activation arena,
+//! the per-step metadata buffer, the quantized-input cache and the decode-step CUDA graphs. Ops
+//! launch kernels from `ops/`; this file holds the plumbing.
+//!
+//! CUDA graphs (`GraphMode`, `KESTREL_CUDA_GRAPHS`): `Engine::step` pads a decode-only step to a
+//! batch-size bucket (`GRAPH_BUCKETS`) and asks for a replay. The backend keys graphs by
+//! (bucket, attention split count): with those fixed, every kernel argument of the step is fixed
+//! too — activations come from the arena at the same addresses step after step, and what changes
+//! (tokens, positions, KV slots, block tables, logit rows) sits in the step buffer at fixed
+//! offsets. A key runs eagerly once (sizing the arena), is recorded (stream capture) the next
+//! time and replayed after that with no parameter updates. Graphs are dropped when the arena or
+//! the step buffer moves.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
+};
 use cudarc::nvrtc::Ptx;
 use kestrel_engine::{AttnGeom, Backend, StepInfo, WeightRef};
 use kestrel_gguf::GgmlType;
@@ -15,6 +27,7 @@ use kestrel_model::{FfnKind, RopeSpec};
 use crate::arena::{AllocId, Arena};
 use crate::kernels::MODULES;
 use crate::nvrtc;
+use crate::ops::matmul::{ActFmt, ActLayout};
 
 /// Initial activation arena size; it grows between steps as needed (see `arena.rs`).
 const INITIAL_ARENA: usize = 64 << 20;
@@ -25,14 +38,113 @@ pub fn driver_available() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// Batch sizes decode steps are padded to and replayed at.
+pub const GRAPH_BUCKETS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// Decode-step CUDA graphs. `KESTREL_CUDA_GRAPHS=0` gives `Off`, `pad` gives `Pad`; the default
+/// is `On`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphMode {
+    /// Every step runs eagerly, unpadded.
+    Off,
+    /// Decode steps are padded to the buckets but run eagerly (what `On` must match bit for bit).
+    Pad,
+    /// Padded decode steps are recorded once per key and replayed.
+    On,
+}
+
 pub struct CudaBackend {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
     arena: Arc<Mutex<Arena>>,
     step_buf: Mutex<StepBuf>,
+    state: Mutex<State>,
+    graphs: Mutex<Graphs>,
+    /// 16-byte matvec kernels, with Q6_K/Q8_0 rows repacked at upload
+    /// (`KESTREL_CUDA_FAST_MATVEC=0` turns them off).
+    fast_matvec: bool,
+    /// Launch with programmatic dependent launch (sm_90+; `KESTREL_CUDA_PDL=0` turns it off):
+    /// each kernel may start while its predecessor runs, up to its `PDL_WAIT` (common.cuh).
+    pdl: bool,
+    /// Units in flight per lane of 1-2 token matvecs, when set (`KESTREL_CUDA_MV_U`, tests);
+    /// else chosen per weight (ops/matmul.rs).
+    mv_unroll: Mutex<Option<usize>>,
     device_name: String,
     arch: String,
+}
+
+/// Mutable per-step state besides the arena: the quantized-input cache.
+struct State {
+    /// Arena buffer for quantized matmul inputs, allocated first at each `begin_step` (so its
+    /// address is stable), `qbuf_bytes` long.
+    qbuf: Option<CudaTensor>,
+    qbuf_bytes: usize,
+    /// The input whose 8-bit blocks `qbuf` holds.
+    cached: Option<Quantized>,
+    /// The activation format the last quantized matmul read (what producers quantize to).
+    pref: Option<ActFmt>,
+    /// Most columns of any uploaded matrix (sizes `qbuf`).
+    max_cols: usize,
+    /// The step in flight: tokens and the most keys any of its tokens attends to.
+    n_tokens: usize,
+    max_keys: usize,
+    /// Output of `argmax_rows`.
+    ids: Option<CudaSlice<u32>>,
+    stats: QuantStats,
+    /// Whether norms and activations write the next matmul's blocks (tests turn it off).
+    producers: bool,
+}
+
+/// How matmul inputs got their 8-bit blocks (counts since the backend was made).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuantStats {
+    /// Quantize launches.
+    pub quantized: usize,
+    /// Matmuls that found their input's blocks already made.
+    pub reused: usize,
+    /// Blocks written by the producer of the input (norm, gated activation).
+    pub produced: usize,
+}
+
+/// An input quantized into `qbuf`: `rows × cols` values at `src`, in `fmt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Quantized {
+    src: u64,
+    rows: usize,
+    cols: usize,
+    fmt: ActFmt,
+}
+
+/// 8-bit blocks of a matmul input, ready for a matvec.
+pub(crate) struct QInput {
+    pub(crate) base: u64,
+    pub(crate) lay: ActLayout,
+    /// Scratch holding the blocks when they did not go to `qbuf`.
+    _scratch: Option<CudaTensor>,
+}
+
+/// A graph's key: (bucket, attention splits).
+type GraphKey = (usize, usize);
+
+struct Recorded {
+    graph: CudaGraph,
+    out: u64,
+    rows: usize,
+    cols: usize,
+}
+
+struct Graphs {
+    mode: GraphMode,
+    /// (arena epoch, step buffer epoch) the recorded graphs' addresses belong to.
+    epoch: (u64, u64),
+    recorded: HashMap<GraphKey, Recorded>,
+    /// Arena bytes each key's step used when it last ran eagerly.
+    peak: HashMap<GraphKey, usize>,
+    /// The key of the step in flight and whether it is being recorded.
+    current: Option<(GraphKey, bool)>,
+    recordings: usize,
+    replays: usize,
 }
 
 struct StepBuf {
@@ -40,6 +152,8 @@ struct StepBuf {
     ptr: u64,
     cap: usize,
     host: Vec<u32>,
+    /// Bumped whenever the buffer moves.
+    epoch: u64,
 }
 
 /// A weight on the device: 2-D tensors in their GGUF block format; 1-D tensors (norms, biases,
@@ -51,12 +165,20 @@ pub struct CudaWeight {
     pub(crate) ty: GgmlType,
     pub(crate) cols: usize,
     pub(crate) rows: usize,
+    /// Bytes from one row to the next on the device.
     pub(crate) row_bytes: usize,
+    /// Rows in the 16-byte kernels' layout (ops/matmul.rs `repack`), not GGUF's.
+    pub(crate) repacked: bool,
 }
 
 impl CudaWeight {
     pub fn ty(&self) -> GgmlType {
         self.ty
+    }
+
+    /// The type id kernels decode rows by (dequant.cuh: repacked rows have their own).
+    pub(crate) fn kernel_type(&self) -> i32 {
+        self.ty.id() as i32 | if self.repacked { 0x100 } else { 0 }
     }
 }
 
@@ -70,6 +192,17 @@ pub struct CudaTensor {
 }
 
 impl CudaTensor {
+    /// A view of arena memory that something else owns (a recorded graph's output).
+    fn alias(ptr: u64, rows: usize, cols: usize, arena: &Arc<Mutex<Arena>>) -> Self {
+        CudaTensor {
+            ptr,
+            rows,
+            cols,
+            id: AllocId::detached(),
+            arena: arena.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rows * self.cols
     }
@@ -104,6 +237,8 @@ pub struct CudaKv {
 pub struct CudaStep {
     pub n_tokens: usize,
     pub n_logits: usize,
+    /// The most keys any token of the step attends to (its position + 1).
+    pub max_keys: usize,
     pub(crate) tokens: u64,
     pub(crate) positions: u64,
     pub(crate) slots: u64,
@@ -175,6 +310,22 @@ impl CudaBackend {
         arena
             .reserve(INITIAL_ARENA)
             .context("allocating the activation arena")?;
+        let env = |k: &str| std::env::var(k).unwrap_or_default();
+        let mode = match env("KESTREL_CUDA_GRAPHS").as_str() {
+            "0" | "off" | "false" => GraphMode::Off,
+            "pad" => GraphMode::Pad,
+            _ => GraphMode::On,
+        };
+        let fast_matvec = !matches!(
+            env("KESTREL_CUDA_FAST_MATVEC").as_str(),
+            "0" | "off" | "false"
+        );
+        let pdl = major >= 9 && !matches!(env("KESTREL_CUDA_PDL").as_str(), "0" | "off" | "false");
+        let mv_unroll = match env("KESTREL_CUDA_MV_U").as_str() {
+            "2" => Some(2),
+            "4" => Some(4),
+            _ => None,
+        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -185,10 +336,96 @@ impl CudaBackend {
                 ptr: 0,
                 cap: 0,
                 host: Vec::new(),
+                epoch: 0,
             }),
+            state: Mutex::new(State {
+                qbuf: None,
+                qbuf_bytes: 0,
+                cached: None,
+                pref: None,
+                max_cols: 0,
+                n_tokens: 0,
+                max_keys: 0,
+                ids: None,
+                stats: QuantStats::default(),
+                producers: true,
+            }),
+            graphs: Mutex::new(Graphs {
+                mode,
+                epoch: (0, 0),
+                recorded: HashMap::new(),
+                peak: HashMap::new(),
+                current: None,
+                recordings: 0,
+                replays: 0,
+            }),
+            fast_matvec,
+            pdl,
+            mv_unroll: Mutex::new(mv_unroll),
             device_name,
             arch,
         })
+    }
+
+    /// Set how decode steps use CUDA graphs (tests compare `On` with `Pad`). Graphs already
+    /// recorded stay for when the mode is `On` again.
+    pub fn set_graph_mode(&self, mode: GraphMode) {
+        let mut g = self.graphs.lock().expect("graphs lock");
+        g.mode = mode;
+        g.current = None;
+    }
+
+    pub fn graph_mode(&self) -> GraphMode {
+        self.graphs.lock().expect("graphs lock").mode
+    }
+
+    /// (graphs recorded, replays) so far.
+    pub fn graph_stats(&self) -> (usize, usize) {
+        let g = self.graphs.lock().expect("graphs lock");
+        (g.recordings, g.replays)
+    }
+
+    pub fn quant_stats(&self) -> QuantStats {
+        self.state().stats
+    }
+
+    /// Whether RMS norm and the gated activation also write the next matmul's 8-bit blocks
+    /// (on by default; tests compare with off).
+    pub fn set_fused_producers(&self, on: bool) {
+        self.state().producers = on;
+    }
+
+    /// Record the launches `f` makes into a CUDA graph instead of running them (benchmarks
+    /// replay it to time kernels without launch gaps).
+    pub fn record(&self, f: impl FnOnce()) -> Result<CudaGraph> {
+        self.bind();
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| anyhow!("begin capture: {e:?}"))?;
+        f();
+        self.stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| anyhow!("end capture: {e:?}"))?
+            .ok_or_else(|| anyhow!("empty graph"))
+    }
+
+    /// Force 2 or 4 units in flight per lane in 1-2 token matvecs (None: per weight).
+    pub fn set_mv_unroll(&self, u: Option<usize>) {
+        *self.mv_unroll.lock().expect("lock") = u;
+    }
+
+    pub fn mv_unroll(&self) -> Option<usize> {
+        *self.mv_unroll.lock().expect("lock")
+    }
+
+    /// Whether kernels launch with programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.pdl
+    }
+
+    /// Whether the 16-byte matvec kernels (and the repacked Q6_K/Q8_0 rows) are in use.
+    pub fn fast_matvec(&self) -> bool {
+        self.fast_matvec
     }
 
     pub fn device_name(&self) -> &str {
@@ -217,9 +454,133 @@ impl CudaBackend {
             .unwrap_or_else(|| panic!("kernel {name} is not loaded"))
     }
 
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("backend state lock")
+    }
+
     /// Launch a kernel on the backend's stream; a launch error is a bug or a lost device, and
-    /// panics like any other op failure.
+    /// panics like any other op failure. The kernel may write anywhere, so the quantized-input
+    /// cache forgets its input; launchers that know what they write use `launch_w`.
     pub(crate) fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) {
+        self.state().cached = None;
+        self.launch_raw(name, grid, block, smem, args);
+    }
+
+    /// `launch` for a kernel that writes only `writes` (address, bytes).
+    pub(crate) fn launch_w(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+        writes: (u64, usize),
+    ) {
+        self.wrote(writes.0, writes.1);
+        self.launch_raw(name, grid, block, smem, args);
+    }
+
+    /// Forget the quantized input if `bytes` at `ptr` overlap it.
+    pub(crate) fn wrote(&self, ptr: u64, bytes: usize) {
+        let mut st = self.state();
+        if let Some(c) = st.cached {
+            let len = (c.rows * c.cols * 4) as u64;
+            if ptr < c.src + len && c.src < ptr + bytes as u64 {
+                st.cached = None;
+            }
+        }
+    }
+
+    /// The 8-bit blocks of `x` in `fmt`: the cached ones when `x` was the last input quantized
+    /// (or a producer wrote them), else quantized now — into the step's `qbuf` when it fits
+    /// (and then remembered), else into arena scratch.
+    pub(crate) fn quantized(&self, x: &CudaTensor, fmt: ActFmt) -> QInput {
+        let key = Quantized {
+            src: x.ptr,
+            rows: x.rows,
+            cols: x.cols,
+            fmt,
+        };
+        let lay = fmt.layout(x.rows, x.cols);
+        let qbuf = {
+            let mut st = self.state();
+            st.pref = Some(fmt);
+            let qbuf = st.qbuf.as_ref().map(|q| q.ptr);
+            if st.cached == Some(key) {
+                st.stats.reused += 1;
+                return QInput {
+                    base: qbuf.expect("a cached input lives in qbuf"),
+                    lay,
+                    _scratch: None,
+                };
+            }
+            st.stats.quantized += 1;
+            qbuf.filter(|_| lay.bytes <= st.qbuf_bytes)
+        };
+        match qbuf {
+            Some(base) => {
+                crate::ops::matmul::quantize(self, x, fmt, base, lay);
+                self.state().cached = Some(key);
+                QInput {
+                    base,
+                    lay,
+                    _scratch: None,
+                }
+            }
+            None => {
+                let scratch = self.scratch(lay.bytes);
+                crate::ops::matmul::quantize(self, x, fmt, scratch.ptr, lay);
+                QInput {
+                    base: scratch.ptr,
+                    lay,
+                    _scratch: Some(scratch),
+                }
+            }
+        }
+    }
+
+    /// Where a producer of `out` (`rows × cols`) may also write its 8-bit blocks for the next
+    /// matmul: the format the last matmul read and `qbuf`'s address, if the blocks fit. After
+    /// launching, the producer calls `produced`.
+    pub(crate) fn produce_target(&self, out: &CudaTensor) -> Option<(ActFmt, u64, ActLayout)> {
+        let st = self.state();
+        if !st.producers {
+            return None;
+        }
+        let fmt = st.pref?;
+        let base = st.qbuf.as_ref()?.ptr;
+        if !out.cols.is_multiple_of(fmt.block()) {
+            return None;
+        }
+        let lay = fmt.layout(out.rows, out.cols);
+        (lay.bytes <= st.qbuf_bytes).then_some((fmt, base, lay))
+    }
+
+    /// A producer wrote `out` and its 8-bit blocks in `fmt` to `qbuf`.
+    pub(crate) fn produced(&self, out: &CudaTensor, fmt: ActFmt) {
+        let mut st = self.state();
+        st.stats.produced += 1;
+        st.cached = Some(Quantized {
+            src: out.ptr,
+            rows: out.rows,
+            cols: out.cols,
+            fmt,
+        });
+    }
+
+    /// The most keys a token of the current step attends to.
+    pub(crate) fn step_max_keys(&self) -> usize {
+        self.state().max_keys
+    }
+
+    fn launch_raw(
         &self,
         name: &str,
         grid: (u32, u32, u32),
@@ -241,6 +602,39 @@ impl CudaBackend {
             .map(|s| s as *mut u64 as *mut c_void)
             .collect();
         self.bind();
+        if self.pdl {
+            let mut attr = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            };
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block.0,
+                blockDimY: block.1,
+                blockDimZ: block.2,
+                sharedMemBytes: smem,
+                hStream: self.stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as below; `config` and `attr` live through the call.
+            unsafe {
+                sys::cuLaunchKernelEx(
+                    &config,
+                    f.cu_function(),
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            }
+            .result()
+            .unwrap_or_else(|e| panic!("launching kernel {name}: {e:?}"));
+            return;
+        }
         // SAFETY: `params` points at one slot per kernel parameter, in order, alive for the call;
         // the launchers in `ops/` pass arguments matching each kernel's signature.
         unsafe {
@@ -286,6 +680,7 @@ impl CudaBackend {
             t.cols
         );
         self.bind();
+        self.wrote(t.ptr, t.len() * 4);
         // SAFETY: `t` owns `t.len()` f32s at `t.ptr`; the copy is ordered on the stream and
         // synchronised before `data` may go away.
         unsafe { cu::memcpy_htod_async(t.ptr, data, self.stream.cu_stream()) }
@@ -296,12 +691,13 @@ impl CudaBackend {
     /// Set every value of a tensor (tests poison outputs with NaN).
     pub fn fill(&self, t: &mut CudaTensor, v: f32) {
         let n = t.len();
-        self.launch(
+        self.launch_w(
             "fill",
             (grid_for(n, 256), 1, 1),
             (256, 1, 1),
             0,
             &[Arg::Ptr(t.ptr), Arg::F32(v), Arg::U64(n as u64)],
+            (t.ptr, n * 4),
         );
     }
 
@@ -384,7 +780,7 @@ impl Backend for CudaBackend {
             }
             (w.data().into(), w.ty)
         };
-        let row_bytes = ty
+        let mut row_bytes = ty
             .row_bytes(cols as u64)
             .ok_or_else(|| anyhow!("{}: {cols} columns are not whole {} blocks", w.name, ty))?
             as usize;
@@ -394,6 +790,18 @@ impl Backend for CudaBackend {
                 w.name,
                 bytes.len()
             );
+        }
+        let repacked = self.fast_matvec && w.shape.len() > 1 && crate::ops::matmul::repacks(ty);
+        let bytes: std::borrow::Cow<[u8]> = if repacked {
+            let b = crate::ops::matmul::repack(ty, &bytes[..row_bytes * rows], rows, cols);
+            row_bytes = crate::ops::matmul::repacked_row_bytes(ty, cols);
+            b.into()
+        } else {
+            bytes
+        };
+        if w.shape.len() > 1 {
+            let mut st = self.state();
+            st.max_cols = st.max_cols.max(cols);
         }
         let buf = self
             .stream
@@ -407,6 +815,7 @@ impl Backend for CudaBackend {
             cols,
             rows,
             row_bytes,
+            repacked,
         })
     }
 
@@ -449,21 +858,47 @@ impl Backend for CudaBackend {
 
     fn begin_step(&self, step: &StepInfo) -> CudaStep {
         self.bind();
-        self.arena
-            .lock()
-            .expect("arena lock")
-            .reset()
-            .unwrap_or_else(|e| panic!("growing the activation arena: {e:#}"));
-        let mut sb = self.step_buf.lock().expect("step buffer lock");
         let n = step.tokens.len();
-        // Layout: tokens, positions, slots, seq_index [n each], block-table offsets [n_seq + 1],
-        // flattened block tables, logit rows.
+        let max_keys = step.positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let (arena_epoch, prev) = {
+            let mut a = self.arena.lock().expect("arena lock");
+            // The previous step's arena use, if it ran eagerly under a graph key.
+            let prev = match self.graphs.lock().expect("graphs lock").current.take() {
+                Some((key, false)) => Some((key, a.peak())),
+                _ => None,
+            };
+            a.reset()
+                .unwrap_or_else(|e| panic!("growing the activation arena: {e:#}"));
+            (a.epoch(), prev)
+        };
+        // The quantized-input buffer comes first in the arena, at the same address every step.
+        {
+            let mut st = self.state();
+            st.cached = None;
+            st.qbuf = None;
+            st.n_tokens = n;
+            st.max_keys = max_keys;
+            st.qbuf_bytes = if st.max_cols > 0 {
+                ActFmt::max_bytes(n, st.max_cols)
+            } else {
+                0
+            };
+            let bytes = st.qbuf_bytes;
+            drop(st);
+            let q = (bytes > 0).then(|| self.scratch(bytes));
+            self.state().qbuf = q;
+        }
+        let mut sb = self.step_buf.lock().expect("step buffer lock");
+        // Layout: tokens, positions, slots, seq_index [n each], logit rows, block-table offsets
+        // [n_seq + 1], flattened block tables — so for a fixed (n, n_logits, n_seq) every array
+        // but the last starts at a fixed offset, whatever the block tables hold.
         let host = &mut sb.host;
         host.clear();
         host.extend_from_slice(&step.tokens);
         host.extend_from_slice(&step.positions);
         host.extend_from_slice(&step.slots);
         host.extend_from_slice(&step.seq_index);
+        host.extend_from_slice(&step.logit_rows);
         let mut off = 0u32;
         for bt in &step.block_tables {
             host.push(off);
@@ -473,7 +908,6 @@ impl Backend for CudaBackend {
         for bt in &step.block_tables {
             host.extend_from_slice(bt);
         }
-        host.extend_from_slice(&step.logit_rows);
         let len = host.len().max(1);
         if len > sb.cap {
             let cap = len.next_power_of_two().max(4096);
@@ -486,6 +920,7 @@ impl Backend for CudaBackend {
             sb.ptr = slice_ptr(&dev, &self.stream);
             sb.dev = Some(dev);
             sb.cap = cap;
+            sb.epoch += 1;
         }
         if !sb.host.is_empty() {
             // SAFETY: the step buffer holds `cap >= host.len()` u32s. A pageable source is staged
@@ -494,20 +929,31 @@ impl Backend for CudaBackend {
                 .unwrap_or_else(|e| panic!("uploading the step: {e:?}"));
         }
         let at = |k: usize| sb.ptr + 4 * k as u64;
-        let n_seq = step.block_tables.len();
-        let flat = 4 * n + n_seq + 1;
-        let total_bt: usize = step.block_tables.iter().map(Vec::len).sum();
-        CudaStep {
+        let (n_seq, n_logits) = (step.block_tables.len(), step.logit_rows.len());
+        let step_epoch = sb.epoch;
+        let out = CudaStep {
             n_tokens: n,
-            n_logits: step.logit_rows.len(),
+            n_logits,
+            max_keys,
             tokens: at(0),
             positions: at(n),
             slots: at(2 * n),
             seq_index: at(3 * n),
-            bt_off: at(4 * n),
-            bt_flat: at(flat),
-            logit_rows: at(flat + total_bt),
+            logit_rows: at(4 * n),
+            bt_off: at(4 * n + n_logits),
+            bt_flat: at(4 * n + n_logits + n_seq + 1),
+        };
+        drop(sb);
+        let mut g = self.graphs.lock().expect("graphs lock");
+        if g.epoch != (arena_epoch, step_epoch) {
+            g.epoch = (arena_epoch, step_epoch);
+            g.recorded.clear();
+            g.peak.clear();
         }
+        if let Some((key, peak)) = prev {
+            g.peak.insert(key, peak);
+        }
+        out
     }
 
     fn embed(&self, table: &CudaWeight, step: &CudaStep, scale: f32, out: &mut CudaTensor) {
@@ -599,12 +1045,19 @@ impl Backend for CudaBackend {
             return;
         }
         self.bind();
+        self.wrote(dst.ptr, dst.len() * 4);
         // SAFETY: both tensors hold `len` f32s; stream-ordered.
         unsafe { cu::memcpy_dtod_async(dst.ptr, src.ptr, src.len() * 4, self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("device copy: {e:?}"));
     }
 
     fn read(&self, x: &CudaTensor) -> Vec<f32> {
+        if matches!(
+            self.graphs.lock().expect("graphs lock").current,
+            Some((_, true))
+        ) {
+            panic!("a tensor read while a decode step is recorded as a CUDA graph (set KESTREL_CUDA_GRAPHS=0 to read intermediates)");
+        }
         let mut out = vec![0f32; x.len()];
         self.synchronize();
         if !out.is_empty() {
@@ -613,5 +1066,130 @@ impl Backend for CudaBackend {
                 .unwrap_or_else(|e| panic!("device-to-host copy: {e:?}"));
         }
         out
+    }
+
+    fn argmax_rows(&self, x: &CudaTensor, cols: usize) -> Vec<u32> {
+        assert!(
+            cols > 0 && x.len().is_multiple_of(cols),
+            "argmax_rows: {} values in rows of {cols}",
+            x.len()
+        );
+        let rows = x.len() / cols;
+        if rows == 0 {
+            return Vec::new();
+        }
+        let ids = {
+            let mut st = self.state();
+            if st.ids.as_ref().is_none_or(|b| b.len() < rows) {
+                let buf = self
+                    .stream
+                    .alloc_zeros::<u32>(rows.next_power_of_two().max(64))
+                    .unwrap_or_else(|e| panic!("allocating argmax output: {e:?}"));
+                st.ids = Some(buf);
+            }
+            slice_ptr(st.ids.as_ref().expect("just made"), &self.stream)
+        };
+        self.launch_w(
+            "argmax_rows",
+            (rows as u32, 1, 1),
+            (1024, 1, 1),
+            0,
+            &[Arg::Ptr(x.ptr), Arg::I32(cols as i32), Arg::Ptr(ids)],
+            (ids, rows * 4),
+        );
+        let mut out = vec![0u32; rows];
+        self.synchronize();
+        // SAFETY: the buffer holds at least `rows` u32s; the stream is idle.
+        unsafe { cu::memcpy_dtoh_sync(&mut out, ids) }
+            .unwrap_or_else(|e| panic!("device-to-host copy: {e:?}"));
+        out
+    }
+
+    fn graph_buckets(&self) -> &[usize] {
+        match self.graph_mode() {
+            GraphMode::Off => &[],
+            GraphMode::Pad | GraphMode::On => &GRAPH_BUCKETS,
+        }
+    }
+
+    fn graph_replay(&self, bucket: usize) -> Option<CudaTensor> {
+        let key = (bucket, crate::ops::attention::splits(self.step_max_keys()));
+        let mut g = self.graphs.lock().expect("graphs lock");
+        if g.mode != GraphMode::On {
+            return None;
+        }
+        let r = g.recorded.get(&key)?;
+        let (out, rows, cols) = (r.out, r.rows, r.cols);
+        r.graph
+            .launch()
+            .unwrap_or_else(|e| panic!("replaying the decode graph for {key:?}: {e:?}"));
+        g.replays += 1;
+        g.current = None;
+        Some(CudaTensor::alias(out, rows, cols, &self.arena))
+    }
+
+    fn graph_begin(&self, bucket: usize) -> bool {
+        let key = (bucket, crate::ops::attention::splits(self.step_max_keys()));
+        let cap = self.arena.lock().expect("arena lock").capacity();
+        let mut g = self.graphs.lock().expect("graphs lock");
+        if g.mode != GraphMode::On {
+            return false;
+        }
+        // Record only a key that ran eagerly since the arena last moved, and fits it: then the
+        // recorded step allocates nothing outside the arena.
+        let ready = g.peak.get(&key).is_some_and(|&p| p <= cap);
+        if !ready {
+            g.current = Some((key, false));
+            return false;
+        }
+        self.bind();
+        match self
+            .stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        {
+            Ok(()) => {
+                g.current = Some((key, true));
+                true
+            }
+            Err(e) => {
+                eprintln!("kestrel-cuda: cannot record a CUDA graph ({e:?}); running eagerly");
+                g.mode = GraphMode::Pad;
+                g.current = Some((key, false));
+                false
+            }
+        }
+    }
+
+    fn graph_end(&self, _bucket: usize, logits: &CudaTensor) -> bool {
+        let mut g = self.graphs.lock().expect("graphs lock");
+        let Some((key, true)) = g.current.take() else {
+            return false;
+        };
+        match self.stream.end_capture(sys::CUgraphInstantiate_flags(0)) {
+            Ok(Some(graph)) => {
+                graph
+                    .launch()
+                    .unwrap_or_else(|e| panic!("launching the decode graph for {key:?}: {e:?}"));
+                g.recorded.insert(
+                    key,
+                    Recorded {
+                        graph,
+                        out: logits.ptr,
+                        rows: logits.rows,
+                        cols: logits.cols,
+                    },
+                );
+                g.recordings += 1;
+                true
+            }
+            other => {
+                eprintln!(
+                    "kestrel-cuda: recording a CUDA graph failed ({:?}); running eagerly",
+                    other.err()
+                );
+                g.mode = GraphMode::Pad;
+                false
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub const COMMON: &str = include_str!("../kernels/common.cuh");
 pub const DEQUANT: &str = include_str!("../kernels/dequant.cuh");
+pub const Q8: &str = include_str!("../kernels/q8.cuh");
 
 pub struct KernelModule {
     pub name: &'static str,
@@ -38,9 +39,9 @@ pub const MODULES: &[KernelModule] = &[
     },
     KernelModule {
         name: "norm",
-        headers: &[],
+        headers: &[Q8],
         source: include_str!("../kernels/norm.cu"),
-        functions: &["rms_norm"],
+        functions: &["rms_norm", "rms_norm_row", "rms_norm_a32", "rms_norm_a256"],
     },
     KernelModule {
         name: "rope",
@@ -50,9 +51,9 @@ pub const MODULES: &[KernelModule] = &[
     },
     KernelModule {
         name: "quantize",
-        headers: &[],
+        headers: &[Q8],
         source: include_str!("../kernels/quantize.cu"),
-        functions: &["quantize_q8_1", "quantize_q8_k"],
+        functions: &["quantize_a32", "quantize_a256"],
     },
     KernelModule {
         name: "matvec",
@@ -72,13 +73,36 @@ pub const MODULES: &[KernelModule] = &[
             "matvec_f32",
             "matvec_f16",
             "matvec_bf16",
+            "mv_q4_k_1",
+            "mv_q4_k_2",
+            "mv_q4_k_4",
+            "mv_q4_k_8",
+            "mv_q6_kr_1",
+            "mv_q6_kr_2",
+            "mv_q6_kr_4",
+            "mv_q6_kr_8",
+            "mv_q8_0r_1",
+            "mv_q8_0r_2",
+            "mv_q8_0r_4",
+            "mv_q8_0r_8",
+            "mv_q4_k_1x4",
+            "mv_q4_k_2x4",
+            "mv_q6_kr_1x4",
+            "mv_q6_kr_2x4",
+            "mv_q8_0r_1x4",
+            "mv_q8_0r_2x4",
         ],
     },
     KernelModule {
         name: "attention",
         headers: &[],
         source: include_str!("../kernels/attention.cu"),
-        functions: &["attention"],
+        functions: &[
+            "attention_d1",
+            "attention_d2",
+            "attention_d4",
+            "attention_combine",
+        ],
     },
     KernelModule {
         name: "kv",
@@ -88,9 +112,22 @@ pub const MODULES: &[KernelModule] = &[
     },
     KernelModule {
         name: "act",
-        headers: &[],
+        headers: &[Q8],
         source: include_str!("../kernels/act.cu"),
-        functions: &["silu_mul", "gelu_mul"],
+        functions: &[
+            "silu_mul",
+            "gelu_mul",
+            "silu_mul_a32",
+            "gelu_mul_a32",
+            "silu_mul_a256",
+            "gelu_mul_a256",
+        ],
+    },
+    KernelModule {
+        name: "argmax",
+        headers: &[],
+        source: include_str!("../kernels/argmax.cu"),
+        functions: &["argmax_rows"],
     },
     KernelModule {
         name: "elementwise",

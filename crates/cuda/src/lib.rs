@@ -8,11 +8,15 @@
 //!   device's exact `sm_XY` when the backend is created, and cached on disk by source hash and
 //!   arch (`nvrtc.rs`). All modules load up front, so a failure is an error from `new`.
 //! - **Memory**: weights are uploaded once, in their GGUF block formats (1-D tensors decoded to
-//!   f32); KV pools are f16, `n_slots × kv_dim` per layer; activations come from a stack arena
-//!   (`arena.rs`) reset by `begin_step`; the step's metadata goes to one fixed device buffer
-//!   with one host-to-device copy (`begin_step`), and kernels read tokens, positions, slots and
-//!   block tables from there.
-//! - **Ops**: launchers in `ops/`, one per op, matching `cpu/src/ops/*`.
+//!   f32; Q6_K and Q8_0 rows repacked for 16-byte loads, `ops/matmul.rs`); KV pools are f16,
+//!   `n_slots × kv_dim` per layer; activations come from a stack arena (`arena.rs`) reset by
+//!   `begin_step`; the step's metadata goes to one fixed device buffer with one host-to-device
+//!   copy (`begin_step`), and kernels read tokens, positions, slots and block tables from there.
+//! - **Ops**: launchers in `ops/`, one per op, matching `cpu/src/ops/*`. Matmul inputs are
+//!   quantized once (norms and activations write the blocks as they write their output).
+//! - **Graphs**: decode steps padded to a batch bucket are recorded as CUDA graphs and replayed
+//!   with no parameter updates (`backend.rs`, `KESTREL_CUDA_GRAPHS`); greedy steps return only
+//!   the argmax of each logits row (`argmax_rows`).
 
 mod arena;
 mod backend;
@@ -22,4 +26,5 @@ pub mod ops;
 
 pub use backend::{
     driver_available, supports_matmul, CudaBackend, CudaKv, CudaStep, CudaTensor, CudaWeight,
+    GraphMode, QuantStats, GRAPH_BUCKETS,
 };

@@ -9,13 +9,29 @@ fn launch_1d(b: &CudaBackend, name: &str, n: usize, args: &[Arg]) {
     b.launch(name, (grid_for(n, 256), 1, 1), (256, 1, 1), 0, args);
 }
 
+/// `launch_1d` for a kernel that writes only `x` (the quantized-input cache keeps other inputs).
+fn launch_1d_x(b: &CudaBackend, name: &str, x: &CudaTensor, args: &[Arg]) {
+    let n = x.len();
+    if n == 0 {
+        return;
+    }
+    b.launch_w(
+        name,
+        (grid_for(n, 256), 1, 1),
+        (256, 1, 1),
+        0,
+        args,
+        (x.ptr, n * 4),
+    );
+}
+
 pub fn add(b: &CudaBackend, x: &mut CudaTensor, y: &CudaTensor) {
     assert_eq!(x.len(), y.len(), "add: {} vs {}", x.len(), y.len());
     let n = x.len();
-    launch_1d(
+    launch_1d_x(
         b,
         "add",
-        n,
+        x,
         &[Arg::Ptr(x.ptr), Arg::Ptr(y.ptr), Arg::U64(n as u64)],
     );
 }
@@ -27,10 +43,10 @@ pub fn add_bias(b: &CudaBackend, x: &mut CudaTensor, bias: &CudaWeight) {
         bias.cols, x.cols
     );
     let n = x.len();
-    launch_1d(
+    launch_1d_x(
         b,
         "add_bias",
-        n,
+        x,
         &[
             Arg::Ptr(x.ptr),
             Arg::Ptr(bias.ptr),

@@ -36,7 +36,7 @@ pub fn embed(
         &[
             Arg::Ptr(table.ptr),
             Arg::U64(table.row_bytes as u64),
-            Arg::I32(table.ty.id() as i32),
+            Arg::I32(table.kernel_type()),
             Arg::I32(table.cols as i32),
             Arg::Ptr(step.tokens),
             Arg::F32(scale),

@@ -1,25 +1,104 @@
 //! out = x · Wᵀ (kernels/quantize.cu + kernels/matvec.cu).
 //!
-//! Quantized weights: the activations are quantized into arena scratch (one kernel) to the
-//! format the CPU backend pairs with the weight type — Q8_1 blocks for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0
-//! (the CPU's Q8_0 has the same d and codes), Q8_K for the K-quants — so both backends form the
-//! same integer sums; then a dp4a matvec runs with one warp per weight row, 4 rows per block,
-//! looping over the tokens 8 at a time inside the kernel (each weight chunk is decoded once per
-//! 8 tokens). Float weights (F32/F16/BF16) use the f32 activations directly.
+//! Quantized weights: the activations are quantized to the 8-bit format the CPU backend pairs
+//! with the weight type — A32 (the CPU's Q8_0/Q8_1 blocks) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, A256
+//! (its Q8_K) for the K-quants — so both backends form the same integer sums; then a dp4a matvec
+//! runs, one warp per weight row. The GPU keeps the blocks as arrays (codes, then scales, then
+//! sums: `ActLayout`) so codes load 16 bytes at a time.
+//!
+//! Quantizing once per input, not once per matmul: the backend remembers the last quantized
+//! input (`CudaBackend::quantized`), so q/k/v (and gate/up) of one normed input share one
+//! quantization, and the producers of matmul inputs — RMS norm of a whole row, the gated
+//! activation — write the 8-bit blocks themselves as they write their output (kernels/norm.cu,
+//! kernels/act.cu), in the format the last matmul used. Every launch that may write an input's
+//! memory forgets it.
+//!
+//! Kernels: Q4_K, Q6_K and Q8_0 (what Q4_K_M, Q6_K and Q8_0 models are made of) have 16-byte
+//! kernels, weight-stationary over up to 8 tokens (`mv_*`); Q6_K and Q8_0 rows, whose blocks are
+//! not 16-byte aligned, are repacked at upload (`repack_q6_k`, `repack_q8_0`). Every other type
+//! runs the generic kernel (`matvec_<type>`), as do all types with `KESTREL_CUDA_FAST_MATVEC=0`.
+//! Float weights (F32/F16/BF16) take the f32 activations directly.
 
 use kestrel_gguf::GgmlType;
 
 use crate::backend::{Arg, CudaBackend, CudaTensor, CudaWeight};
 
-/// Bytes of one Q8_1 activation block (f16 d, f16 s, 32 int8).
+/// Bytes of one Q8_1 block (f16 d, f16 s, 32 int8): the reference layout of A32.
 pub const Q8_1_BYTES: usize = 36;
-/// Bytes of one Q8_K activation block (f32 d, 256 int8, 16 int16 sums).
+/// Bytes of one Q8_K block (f32 d, 256 int8, 16 int16 sums): the reference layout of A256.
 pub const Q8_K_BYTES: usize = 292;
 
 /// Rows per 128-thread matvec block (one warp per row).
 const ROWS_PER_BLOCK: usize = 4;
 
-fn kernel_for(ty: GgmlType) -> Option<&'static str> {
+/// The GPU's 8-bit activation formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActFmt {
+    /// Per 32 values: f16 d, f16 s (= d · Σq), 32 codes (the reference Q8_1).
+    A32,
+    /// Per 256 values: f32 d, 256 codes, 16 int16 sums of 16 codes (the reference Q8_K).
+    A256,
+}
+
+/// Where the parts of `n` rows of `k` activations sit in one buffer (byte offsets; codes at 0,
+/// `[n][k]` int8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActLayout {
+    /// A32: f16 d `[n][k/32]`; A256: f32 d `[n][k/256]`.
+    pub d: usize,
+    /// A32: f16 s `[n][k/32]`; A256: int16 sums `[n][k/16]`.
+    pub s: usize,
+    pub bytes: usize,
+}
+
+const fn a16(x: usize) -> usize {
+    x.next_multiple_of(16)
+}
+
+impl ActFmt {
+    pub fn block(self) -> usize {
+        match self {
+            ActFmt::A32 => 32,
+            ActFmt::A256 => 256,
+        }
+    }
+
+    pub fn layout(self, n: usize, k: usize) -> ActLayout {
+        let codes = a16(n * k);
+        let (d_bytes, s_bytes) = match self {
+            ActFmt::A32 => (2 * n * k / 32, 2 * n * k / 32),
+            ActFmt::A256 => (4 * n * k / 256, 2 * n * k / 16),
+        };
+        let d = codes;
+        let s = d + a16(d_bytes);
+        ActLayout {
+            d,
+            s,
+            bytes: s + a16(s_bytes),
+        }
+    }
+
+    /// The larger of the two layouts' sizes (what a buffer for either must hold).
+    pub fn max_bytes(n: usize, k: usize) -> usize {
+        let k = k.next_multiple_of(256);
+        ActFmt::A32
+            .layout(n, k)
+            .bytes
+            .max(ActFmt::A256.layout(n, k).bytes)
+    }
+}
+
+/// The activation format a weight type's matvec reads (None for float weights).
+pub fn act_fmt(ty: GgmlType) -> Option<ActFmt> {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => Some(ActFmt::A32),
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => Some(ActFmt::A256),
+        _ => None,
+    }
+}
+
+fn generic_kernel(ty: GgmlType) -> Option<&'static str> {
     use GgmlType::*;
     Some(match ty {
         Q4_0 => "matvec_q4_0",
@@ -39,35 +118,184 @@ fn kernel_for(ty: GgmlType) -> Option<&'static str> {
     })
 }
 
-/// Activation blocks of K-quant weights are Q8_K, of the legacy types Q8_1.
-fn uses_q8_k(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+/// The 16-byte kernel for a weight, by tokens per pass (NT = 1, 2, 4, 8) and units in flight
+/// per lane (U = 2, or 4 for the `x4` variants of NT 1-2).
+fn fast_kernel(b: &CudaBackend, w: &CudaWeight, n_tok: usize) -> Option<&'static str> {
+    if !b.fast_matvec() {
+        return None;
+    }
+    let nt = match n_tok {
+        1 => 0,
+        2 => 1,
+        3 | 4 => 2,
+        _ => 3,
+    };
+    // Units per lane of one row (a warp per row): 16 bytes of Q4_K nibbles, 48 bytes of a Q6_K
+    // row, 16 Q8_0 codes.
+    let per_lane = match w.ty {
+        GgmlType::Q4_K => w.cols / 32 / 32,
+        GgmlType::Q6_K => w.cols / 64 / 32,
+        _ => w.cols / 16 / 32,
+    };
+    let x4 = nt < 2 && b.mv_unroll().map_or(x4_default(w.ty, per_lane), |u| u == 4);
+    let names: [&'static str; 6] = match (w.ty, w.repacked) {
+        (GgmlType::Q4_K, false) => [
+            "mv_q4_k_1",
+            "mv_q4_k_2",
+            "mv_q4_k_4",
+            "mv_q4_k_8",
+            "mv_q4_k_1x4",
+            "mv_q4_k_2x4",
+        ],
+        (GgmlType::Q6_K, true) => [
+            "mv_q6_kr_1",
+            "mv_q6_kr_2",
+            "mv_q6_kr_4",
+            "mv_q6_kr_8",
+            "mv_q6_kr_1x4",
+            "mv_q6_kr_2x4",
+        ],
+        (GgmlType::Q8_0, true) => [
+            "mv_q8_0r_1",
+            "mv_q8_0r_2",
+            "mv_q8_0r_4",
+            "mv_q8_0r_8",
+            "mv_q8_0r_1x4",
+            "mv_q8_0r_2x4",
+        ],
+        _ => return None,
+    };
+    Some(names[if x4 { nt + 4 } else { nt }])
 }
 
-/// Quantize `x` (rows of `cols`, cols a multiple of 32) into Q8_1 blocks at `dst`.
-pub(crate) fn quantize_q8_1(b: &CudaBackend, x: &CudaTensor, dst: u64) {
-    quantize(b, "quantize_q8_1", 32, x, dst)
+/// Whether 1-2 token matvecs of a weight with `per_lane` units per lane keep 4 units in flight
+/// (measured on the H200, docs/benchmarks/cuda-decode.md: the Q4_K kernel loses more to its
+/// lower occupancy than it gains; Q6_K and Q8_0 rows of at least 4 units per lane gain).
+fn x4_default(ty: GgmlType, per_lane: usize) -> bool {
+    ty != GgmlType::Q4_K && per_lane >= 4
 }
 
-/// Quantize `x` (rows of `cols`, cols a multiple of 256) into Q8_K blocks at `dst`.
-pub(crate) fn quantize_q8_k(b: &CudaBackend, x: &CudaTensor, dst: u64) {
-    quantize(b, "quantize_q8_k", 256, x, dst)
+/// Types whose rows are repacked at upload (when the 16-byte kernels are on).
+pub fn repacks(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q6_K | GgmlType::Q8_0)
 }
 
-fn quantize(b: &CudaBackend, kernel: &str, block: usize, x: &CudaTensor, dst: u64) {
-    assert!(x.cols.is_multiple_of(block), "{kernel}: {} columns", x.cols);
-    let n_blocks = x.len() / block;
+/// Whether a weight of this type gets a 16-byte kernel (the Q4_K kernel needs none of the
+/// repacking, only the 144-byte blocks, which are 16-byte aligned).
+pub fn has_fast_kernel(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q8_0)
+}
+
+/// Bytes of a repacked row of `cols` values (padded to 16).
+pub fn repacked_row_bytes(ty: GgmlType, cols: usize) -> usize {
+    let raw = ty.row_bytes(cols as u64).expect("whole blocks") as usize;
+    a16(raw)
+}
+
+/// Q6_K rows → the layout of kernels/matvec.cu `mv_q6_kr`: per row, for each block b and unit
+/// u = 2h + g (h, g in 0..2): ql[64h + 16g .. +16], ql[64h + 32 + 16g .. +16], qh[32h + 16g .. +16]
+/// (48 bytes); then every block's 16 scales; then every block's f16 d; padded to 16 bytes.
+pub fn repack_q6_k(src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let nb = cols / 256;
+    let (rb, stride) = (nb * 210, repacked_row_bytes(GgmlType::Q6_K, cols));
+    let mut out = vec![0u8; rows * stride];
+    for (r, dst) in out.chunks_exact_mut(stride).enumerate() {
+        let row = &src[r * rb..(r + 1) * rb];
+        for b in 0..nb {
+            let blk = &row[b * 210..(b + 1) * 210];
+            let (ql, qh, sc, d) = (&blk[..128], &blk[128..192], &blk[192..208], &blk[208..210]);
+            for h in 0..2 {
+                for g in 0..2 {
+                    let u = &mut dst[48 * (4 * b + 2 * h + g)..][..48];
+                    u[..16].copy_from_slice(&ql[64 * h + 16 * g..][..16]);
+                    u[16..32].copy_from_slice(&ql[64 * h + 32 + 16 * g..][..16]);
+                    u[32..48].copy_from_slice(&qh[32 * h + 16 * g..][..16]);
+                }
+            }
+            dst[nb * 192 + 16 * b..][..16].copy_from_slice(sc);
+            dst[nb * 208 + 2 * b..][..2].copy_from_slice(d);
+        }
+    }
+    out
+}
+
+/// Q8_0 rows → the layout of `mv_q8_0r`: per row every block's 32 codes, then every block's f16
+/// d, padded to 16 bytes.
+pub fn repack_q8_0(src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let nb = cols / 32;
+    let (rb, stride) = (nb * 34, repacked_row_bytes(GgmlType::Q8_0, cols));
+    let mut out = vec![0u8; rows * stride];
+    for (r, dst) in out.chunks_exact_mut(stride).enumerate() {
+        let row = &src[r * rb..(r + 1) * rb];
+        for b in 0..nb {
+            let blk = &row[b * 34..(b + 1) * 34];
+            dst[32 * b..][..32].copy_from_slice(&blk[2..]);
+            dst[nb * 32 + 2 * b..][..2].copy_from_slice(&blk[..2]);
+        }
+    }
+    out
+}
+
+/// Repack a whole weight, rows split over the host's threads.
+pub fn repack(ty: GgmlType, src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let f: fn(&[u8], usize, usize) -> Vec<u8> = match ty {
+        GgmlType::Q6_K => repack_q6_k,
+        GgmlType::Q8_0 => repack_q8_0,
+        other => panic!("repack: {other} is not repacked"),
+    };
+    let rb = ty.row_bytes(cols as u64).expect("whole blocks") as usize;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
+    let per = rows.div_ceil(threads).max(1024);
+    if rows <= per {
+        return f(src, rows, cols);
+    }
+    let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..rows)
+            .step_by(per)
+            .map(|r0| {
+                let n = per.min(rows - r0);
+                let part = &src[r0 * rb..(r0 + n) * rb];
+                s.spawn(move || f(part, n, cols))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("repack thread"))
+            .collect()
+    });
+    parts.concat()
+}
+
+/// Quantize `x` (`rows × cols`) into `fmt` blocks at `base` laid out as `lay`.
+pub(crate) fn quantize(b: &CudaBackend, x: &CudaTensor, fmt: ActFmt, base: u64, lay: ActLayout) {
+    assert!(
+        x.cols.is_multiple_of(fmt.block()),
+        "quantize {fmt:?}: {} columns",
+        x.cols
+    );
+    let n_blocks = x.len() / fmt.block();
     if n_blocks == 0 {
         return;
     }
     let warps_per_block = 8usize;
-    b.launch(
+    let kernel = match fmt {
+        ActFmt::A32 => "quantize_a32",
+        ActFmt::A256 => "quantize_a256",
+    };
+    b.launch_w(
         kernel,
         (n_blocks.div_ceil(warps_per_block) as u32, 1, 1),
         ((warps_per_block * 32) as u32, 1, 1),
         0,
-        &[Arg::Ptr(x.ptr), Arg::Ptr(dst), Arg::U64(n_blocks as u64)],
+        &[
+            Arg::Ptr(x.ptr),
+            Arg::Ptr(base),
+            Arg::Ptr(base + lay.d as u64),
+            Arg::Ptr(base + lay.s as u64),
+            Arg::U64(n_blocks as u64),
+        ],
+        (base, lay.bytes),
     );
 }
 
@@ -87,42 +315,17 @@ pub fn matmul(b: &CudaBackend, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTen
         "matmul: out has {} rows, x {}",
         out.rows, x.rows
     );
-    let name =
-        kernel_for(w.ty).unwrap_or_else(|| panic!("matmul: weight type {} is not supported", w.ty));
     let n_tok = x.rows;
     if n_tok == 0 || w.rows == 0 {
         return;
     }
     let grid = (w.rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1);
     let block = ((ROWS_PER_BLOCK * 32) as u32, 1, 1);
-    if w.ty.is_quantized() {
-        let nchunks = w.cols / 32;
-        let scratch = if uses_q8_k(w.ty) {
-            let s = b.scratch(n_tok * (w.cols / 256) * Q8_K_BYTES);
-            quantize_q8_k(b, x, s.ptr);
-            s
-        } else {
-            let s = b.scratch(n_tok * nchunks * Q8_1_BYTES);
-            quantize_q8_1(b, x, s.ptr);
-            s
-        };
-        b.launch(
-            name,
-            grid,
-            block,
-            0,
-            &[
-                Arg::Ptr(w.ptr),
-                Arg::U64(w.row_bytes as u64),
-                Arg::I32(w.rows as i32),
-                Arg::I32(nchunks as i32),
-                Arg::Ptr(scratch.ptr),
-                Arg::Ptr(out.ptr),
-                Arg::I32(n_tok as i32),
-            ],
-        );
-    } else {
-        b.launch(
+    let writes = (out.ptr, out.len() * 4);
+    let Some(fmt) = act_fmt(w.ty) else {
+        let name = generic_kernel(w.ty)
+            .unwrap_or_else(|| panic!("matmul: weight type {} is not supported", w.ty));
+        b.launch_w(
             name,
             grid,
             block,
@@ -136,32 +339,358 @@ pub fn matmul(b: &CudaBackend, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTen
                 Arg::Ptr(out.ptr),
                 Arg::I32(n_tok as i32),
             ],
+            writes,
         );
-    }
+        return;
+    };
+    let q = b.quantized(x, fmt);
+    let (name, nb) = match fast_kernel(b, w, n_tok) {
+        Some(name) => (name, w.cols / if fmt == ActFmt::A256 { 256 } else { 32 }),
+        None => (
+            generic_kernel(w.ty)
+                .unwrap_or_else(|| panic!("matmul: weight type {} is not supported", w.ty)),
+            w.cols / 32,
+        ),
+    };
+    b.launch_w(
+        name,
+        grid,
+        block,
+        0,
+        &[
+            Arg::Ptr(w.ptr),
+            Arg::U64(w.row_bytes as u64),
+            Arg::I32(w.rows as i32),
+            Arg::I32(nb as i32),
+            Arg::Ptr(q.base),
+            Arg::Ptr(q.base + q.lay.d as u64),
+            Arg::Ptr(q.base + q.lay.s as u64),
+            Arg::Ptr(out.ptr),
+            Arg::I32(n_tok as i32),
+        ],
+        writes,
+    );
 }
 
-/// Quantize host values with the GPU kernel (Q8_1 if `k` is false, else Q8_K) and read the
-/// blocks back (for tests).
+/// Quantize host values with the GPU kernel (Q8_1 rule if `k` is false, else Q8_K) and return
+/// the blocks in the reference layout (Q8_1 / Q8_K blocks), for tests.
 pub fn quantize_to_host(b: &CudaBackend, x: &[f32], k: bool) -> Vec<u8> {
     use kestrel_engine::Backend;
+    let fmt = if k { ActFmt::A256 } else { ActFmt::A32 };
     let mut t = b.alloc(1, x.len());
     b.write(&mut t, x);
-    let n_bytes = if k {
-        x.len() / 256 * Q8_K_BYTES
-    } else {
-        x.len() / 32 * Q8_1_BYTES
-    };
-    let mut scratch = b.scratch(n_bytes);
+    let lay = fmt.layout(1, x.len());
+    let mut scratch = b.scratch(lay.bytes);
     b.fill(&mut scratch, f32::NAN);
-    if k {
-        quantize_q8_k(b, &t, scratch.ptr);
-    } else {
-        quantize_q8_1(b, &t, scratch.ptr);
-    }
-    let floats = b.read(&scratch);
-    floats
+    quantize(b, &t, fmt, scratch.ptr, lay);
+    let raw: Vec<u8> = b
+        .read(&scratch)
         .iter()
         .flat_map(|f| f.to_le_bytes())
-        .take(n_bytes)
-        .collect()
+        .collect();
+    to_reference_blocks(fmt, &raw, lay, x.len())
+}
+
+/// Blocks in the `ActLayout` of one row of `k` values → the reference Q8_1 / Q8_K blocks.
+pub fn to_reference_blocks(fmt: ActFmt, raw: &[u8], lay: ActLayout, k: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    match fmt {
+        ActFmt::A32 => {
+            for blk in 0..k / 32 {
+                out.extend_from_slice(&raw[lay.d + 2 * blk..][..2]);
+                out.extend_from_slice(&raw[lay.s + 2 * blk..][..2]);
+                out.extend_from_slice(&raw[32 * blk..][..32]);
+            }
+        }
+        ActFmt::A256 => {
+            for blk in 0..k / 256 {
+                out.extend_from_slice(&raw[lay.d + 4 * blk..][..4]);
+                out.extend_from_slice(&raw[256 * blk..][..256]);
+                out.extend_from_slice(&raw[lay.s + 32 * blk..][..32]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! The repacked layouts and the 16-byte kernels' decoding, checked on the host: a mirror of
+    //! each kernel's per-lane arithmetic (same units, same bit manipulation, integer sums) on
+    //! random weights and activations, against the dequantized weights times the reference
+    //! activation blocks.
+    use super::*;
+    use kestrel_gguf::quant;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn f(&mut self) -> f32 {
+            (self.next() % 20001) as f32 / 10000.0 - 1.0
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    fn f16_bytes(v: f32) -> [u8; 2] {
+        half::f16::from_f32(v).to_le_bytes()
+    }
+
+    /// Random blocks with sane f16 scales.
+    fn weights(ty: GgmlType, rows: usize, cols: usize, r: &mut Rng) -> Vec<u8> {
+        let (bs, ts) = (ty.block_size(), ty.type_size());
+        let mut w = r.bytes(rows * cols / bs * ts);
+        for blk in w.chunks_exact_mut(ts) {
+            match ty {
+                GgmlType::Q8_0 => blk[..2].copy_from_slice(&f16_bytes(0.01 * (1.0 + r.f()))),
+                GgmlType::Q6_K => blk[208..].copy_from_slice(&f16_bytes(0.001 * (1.0 + r.f()))),
+                GgmlType::Q4_K => {
+                    blk[..2].copy_from_slice(&f16_bytes(0.001 * (1.0 + r.f())));
+                    blk[2..4].copy_from_slice(&f16_bytes(0.002 * (1.0 + r.f())));
+                }
+                _ => unreachable!(),
+            }
+        }
+        w
+    }
+
+    fn i8x16(b: &[u8]) -> [i32; 4] {
+        std::array::from_fn(|k| i32::from_le_bytes(b[4 * k..4 * k + 4].try_into().unwrap()))
+    }
+
+    fn dp4a(a: i32, b: i32, c: i32) -> i32 {
+        let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+        c + (0..4)
+            .map(|i| a[i] as i8 as i32 * b[i] as i8 as i32)
+            .sum::<i32>()
+    }
+
+    fn dot16(w: &[i32; 4], a: &[i32; 4]) -> i32 {
+        (0..4).fold(0, |c, k| dp4a(w[k], a[k], c))
+    }
+
+    fn sub_bytes(w: u32, s: u32) -> i32 {
+        (((w | 0x8080_8080).wrapping_sub(s.wrapping_mul(0x0101_0101))) ^ 0x8080_8080) as i32
+    }
+
+    fn h(b: &[u8]) -> f32 {
+        half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+    }
+
+    /// One row's product by the reference: dequantized weights times dequantized activations.
+    fn reference(ty: GgmlType, row: &[u8], x_blocks: &[u8], cols: usize) -> f64 {
+        let mut w = vec![0f32; cols];
+        quant::dequantize(ty, row, &mut w).unwrap();
+        let act_ty = if act_fmt(ty) == Some(ActFmt::A256) {
+            GgmlType::Q8_K
+        } else {
+            GgmlType::Q8_1
+        };
+        let mut a = vec![0f32; cols];
+        if act_ty == GgmlType::Q8_1 {
+            // Q8_1 blocks: d, s, codes
+            for (i, blk) in x_blocks.chunks_exact(36).enumerate() {
+                for j in 0..32 {
+                    a[32 * i + j] = h(blk) * blk[4 + j] as i8 as f32;
+                }
+            }
+        } else {
+            quant::dequantize(act_ty, x_blocks, &mut a).unwrap();
+        }
+        w.iter().zip(&a).map(|(x, y)| *x as f64 * *y as f64).sum()
+    }
+
+    #[test]
+    fn q6_k_repacked_kernel_math_matches_the_reference() {
+        let mut r = Rng(0x1234_5678);
+        let (rows, cols) = (3, 1024);
+        let w = weights(GgmlType::Q6_K, rows, cols, &mut r);
+        let x: Vec<f32> = (0..cols).map(|_| r.f()).collect();
+        let mut xq = vec![0u8; cols / 256 * Q8_K_BYTES];
+        quant::quantize_q8_k(&x, &mut xq);
+        let rp = repack(GgmlType::Q6_K, &w, rows, cols);
+        let (nb, stride, rb) = (
+            cols / 256,
+            repacked_row_bytes(GgmlType::Q6_K, cols),
+            cols / 256 * 210,
+        );
+        assert_eq!(stride % 16, 0);
+        for row in 0..rows {
+            let wr = &rp[row * stride..];
+            let mut acc = 0f64;
+            for u in 0..4 * nb {
+                let (b, hh, g) = (u >> 2, (u >> 1) & 1, u & 1);
+                let unit = &wr[48 * u..];
+                let (q0, q1, qh) = (
+                    i8x16(&unit[..16]),
+                    i8x16(&unit[16..32]),
+                    i8x16(&unit[32..48]),
+                );
+                let mut c = [[0i32; 4]; 4];
+                for k in 0..4 {
+                    let (w0, v0, hb) = (q0[k] as u32, q1[k] as u32, qh[k] as u32);
+                    c[0][k] = sub_bytes((w0 & 0x0F0F0F0F) | ((hb & 0x03030303) << 4), 32);
+                    c[1][k] = sub_bytes((v0 & 0x0F0F0F0F) | (((hb >> 2) & 0x03030303) << 4), 32);
+                    c[2][k] = sub_bytes(
+                        ((w0 >> 4) & 0x0F0F0F0F) | (((hb >> 4) & 0x03030303) << 4),
+                        32,
+                    );
+                    c[3][k] = sub_bytes(
+                        ((v0 >> 4) & 0x0F0F0F0F) | (((hb >> 6) & 0x03030303) << 4),
+                        32,
+                    );
+                }
+                let scv = &wr[nb * 192 + 16 * b + 8 * hh..][..8];
+                let sc = [scv[g], scv[g + 2], scv[4 + g], scv[4 + g + 2]].map(|v| v as i8 as i32);
+                let dw = h(&wr[nb * 208 + 2 * b..]);
+                let e0 = b * 256 + 128 * hh + 16 * g;
+                let blk = &xq[b * Q8_K_BYTES..];
+                let da = f32::from_le_bytes(blk[..4].try_into().unwrap());
+                let mut isum = 0;
+                for s in 0..4 {
+                    let off = e0 + 32 * s - b * 256;
+                    isum += sc[s] * dot16(&c[s], &i8x16(&blk[4 + off..4 + off + 16]));
+                }
+                acc += (dw * da) as f64 * isum as f64;
+            }
+            let want = reference(GgmlType::Q6_K, &w[row * rb..(row + 1) * rb], &xq, cols);
+            assert!(
+                (acc - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "row {row}: {acc} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn q4_k_segment_math_matches_the_reference() {
+        let mut r = Rng(0x9abc_def1);
+        let (rows, cols) = (3, 768);
+        let w = weights(GgmlType::Q4_K, rows, cols, &mut r);
+        let x: Vec<f32> = (0..cols).map(|_| r.f()).collect();
+        let mut xq = vec![0u8; cols / 256 * Q8_K_BYTES];
+        quant::quantize_q8_k(&x, &mut xq);
+        let nb = cols / 256;
+        let byte_of = |w: u32, k: usize| ((w >> (8 * k)) & 0xFF) as i32;
+        for row in 0..rows {
+            let wr = &w[row * nb * 144..];
+            let mut acc = 0f64;
+            for sg in 0..nb * 8 {
+                let (b, j) = (sg >> 3, sg & 7);
+                let (p, hh) = (j >> 1, j & 1);
+                let blk = &wr[b * 144..];
+                let hd = i8x16(&blk[..16]).map(|v| v as u32);
+                let q = i8x16(&blk[16 + 16 * j..]).map(|v| v as u32);
+                let sm = |j: usize| {
+                    let k = j & 3;
+                    if j < 4 {
+                        (byte_of(hd[1], k) & 63, byte_of(hd[2], k) & 63)
+                    } else {
+                        (
+                            (byte_of(hd[3], k) & 15) | ((byte_of(hd[1], k) >> 6) << 4),
+                            (byte_of(hd[3], k) >> 4) | ((byte_of(hd[2], k) >> 6) << 4),
+                        )
+                    }
+                };
+                let ((s0, m0), (s1, m1)) = (sm(2 * p), sm(2 * p + 1));
+                let d = half::f16::from_bits(hd[0] as u16).to_f32();
+                let dmin = half::f16::from_bits((hd[0] >> 16) as u16).to_f32();
+                let wl = q.map(|v| (v & 0x0F0F0F0F) as i32);
+                let wh = q.map(|v| ((v >> 4) & 0x0F0F0F0F) as i32);
+                let e0 = b * 256 + 64 * p + 16 * hh;
+                let xb = &xq[b * Q8_K_BYTES..];
+                let off = e0 - b * 256;
+                let d0 = dot16(&wl, &i8x16(&xb[4 + off..]));
+                let d1 = dot16(&wh, &i8x16(&xb[4 + off + 32..]));
+                let bs = |g: usize| i16::from_le_bytes([xb[260 + 2 * g], xb[261 + 2 * g]]) as i32;
+                let (b0, b1) = (bs(off >> 4), bs((off >> 4) + 2));
+                let da = f32::from_le_bytes(xb[..4].try_into().unwrap());
+                let f = d * (s0 * d0 + s1 * d1) as f32 - dmin * (m0 * b0 + m1 * b1) as f32;
+                acc += (da * f) as f64;
+            }
+            let want = reference(
+                GgmlType::Q4_K,
+                &w[row * nb * 144..(row + 1) * nb * 144],
+                &xq,
+                cols,
+            );
+            assert!(
+                (acc - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "row {row}: {acc} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn q8_0_repacked_kernel_math_matches_the_reference() {
+        let mut r = Rng(0x5555_aaaa);
+        let (rows, cols) = (5, 96);
+        let w = weights(GgmlType::Q8_0, rows, cols, &mut r);
+        let x: Vec<f32> = (0..cols).map(|_| r.f()).collect();
+        let mut xq = vec![0u8; cols / 32 * Q8_1_BYTES];
+        quant::quantize_q8_1(&x, &mut xq);
+        let rp = repack(GgmlType::Q8_0, &w, rows, cols);
+        let (nb, stride) = (cols / 32, repacked_row_bytes(GgmlType::Q8_0, cols));
+        for row in 0..rows {
+            let wr = &rp[row * stride..];
+            let mut acc = 0f64;
+            for u in 0..2 * nb {
+                let qv = i8x16(&wr[16 * u..]);
+                let dw = h(&wr[nb * 32 + 2 * (u >> 1)..]);
+                let blk = &xq[(u >> 1) * Q8_1_BYTES..];
+                let a = i8x16(&blk[4 + 16 * (u & 1)..]);
+                acc += (dw * h(blk)) as f64 * dot16(&qv, &a) as f64;
+            }
+            let want = reference(
+                GgmlType::Q8_0,
+                &w[row * nb * 34..(row + 1) * nb * 34],
+                &xq,
+                cols,
+            );
+            assert!(
+                (acc - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "row {row}: {acc} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn repack_is_a_permutation_of_each_row() {
+        let mut r = Rng(7);
+        for (ty, cols) in [(GgmlType::Q6_K, 512), (GgmlType::Q8_0, 160)] {
+            let rows = 2100; // more than one thread's share
+            let w = weights(ty, rows, cols, &mut r);
+            let rp = repack(ty, &w, rows, cols);
+            let (rb, stride) = (
+                ty.row_bytes(cols as u64).unwrap() as usize,
+                repacked_row_bytes(ty, cols),
+            );
+            assert_eq!(rp.len(), rows * stride);
+            for row in [0, 1, 1023, 1024, rows - 1] {
+                let mut a = w[row * rb..(row + 1) * rb].to_vec();
+                let mut b = rp[row * stride..row * stride + rb].to_vec();
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b, "{ty} row {row}");
+            }
+        }
+    }
+
+    #[test]
+    fn layouts_are_aligned_and_sized() {
+        for fmt in [ActFmt::A32, ActFmt::A256] {
+            for (n, k) in [(1, 256), (3, 768), (8, 14336)] {
+                let l = fmt.layout(n, k);
+                assert_eq!(l.d % 16, 0);
+                assert_eq!(l.s % 16, 0);
+                assert!(l.bytes >= l.s);
+                assert!(ActFmt::max_bytes(n, k) >= l.bytes);
+            }
+        }
+    }
 }

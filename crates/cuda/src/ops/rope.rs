@@ -42,10 +42,14 @@ pub fn rope(
     }
     // Same f32 expression as the CPU backend, so the angles agree bit for bit.
     let theta_scale = rope.base.powf(-2.0 / rope.n_rot as f32);
-    b.launch(
+    b.launch_w(
         "rope",
-        (n as u32, 1, 1),
-        (128, 1, 1),
+        (n as u32, (x.cols / head_dim) as u32, 1),
+        (
+            (rope.n_rot / 2).next_multiple_of(32).clamp(32, 256) as u32,
+            1,
+            1,
+        ),
         (rope.n_rot * 4) as u32,
         &[
             Arg::Ptr(x.ptr),
@@ -58,5 +62,6 @@ pub fn rope(
             Arg::Ptr(factors.map_or(0, |f| f.ptr)),
             Arg::Ptr(step.positions),
         ],
+        (x.ptr, x.len() * 4),
     );
 }
