@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::cell::RefCell;
+
 use common::*;
 use kestrel_cpu::backend::CpuTensor;
 use kestrel_cpu::CpuBackend;
@@ -256,7 +258,7 @@ fn matmul_every_type_against_cpu_and_exact() {
             g.upload(wref(&f, "w")).unwrap(),
             cpu.upload(wref(&f, "w")).unwrap(),
         );
-        for n_tok in [1usize, 3, 11] {
+        for n_tok in [1usize, 2, 3, 5, 8, 11, 17] {
             let _ = g.begin_step(&simple_step(vec![0]));
             let x = normals(&mut r, n_tok * cols, 1.0);
             let (xg, xc) = (gpu_in(&g, n_tok, cols, &x), cpu_in(&cpu, n_tok, cols, &x));
@@ -643,46 +645,606 @@ fn arena_overflows_then_grows_between_steps_with_stable_addresses() {
     assert_eq!(g.arena_usage().0, cap1, "no growth once the arena fits");
 }
 
-/// Not a check: prints the achieved weight-read bandwidth of one-token matmuls (quantize +
-/// matvec) on an 8B-sized FFN matrix, for the record.
+/// A token's matmul result is the same bits whatever batch it is in (what lets a padded,
+/// graph-replayed decode step match an eager one), for the 16-byte kernels at every tokens-per-
+/// pass width and for the generic kernel.
+#[test]
+#[ignore = "needs CUDA"]
+fn matmul_rows_are_the_same_bits_in_any_batch() {
+    let g = gpu();
+    let (rows, cols) = (260, 768);
+    for (k, ty) in [
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_0,
+        GgmlType::Q5_0,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = rng(700 + k as u64);
+        let f = gguf(
+            &[],
+            vec![(
+                "w".into(),
+                vec![cols as u64, rows as u64],
+                ty,
+                random_weight(ty, rows, cols, 0.05, &mut r),
+            )],
+        );
+        let w = g.upload(wref(&f, "w")).unwrap();
+        let n = 19;
+        let x = normals(&mut r, n * cols, 1.0);
+        let _ = g.begin_step(&simple_step(vec![0; n]));
+        let all = {
+            let xg = gpu_in(&g, n, cols, &x);
+            let mut o = gpu_out(&g, n, rows);
+            g.matmul(&w, &xg, &mut o);
+            g.read(&o)
+        };
+        for (batch, unroll) in [
+            (1usize, Some(2)),
+            (1, Some(4)),
+            (2, Some(2)),
+            (2, Some(4)),
+            (3, None),
+            (4, None),
+            (7, None),
+            (8, None),
+        ] {
+            g.set_mv_unroll(unroll);
+            for t0 in (0..n).step_by(batch) {
+                let m = batch.min(n - t0);
+                let xg = gpu_in(&g, m, cols, &x[t0 * cols..(t0 + m) * cols]);
+                let mut o = gpu_out(&g, m, rows);
+                g.matmul(&w, &xg, &mut o);
+                let got = g.read(&o);
+                let same = got
+                    .iter()
+                    .zip(&all[t0 * rows..(t0 + m) * rows])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{ty}: tokens {t0}..{} in a batch of {m} (unroll {unroll:?}) differ from the batch of {n}",
+                    t0 + m
+                );
+            }
+        }
+        g.set_mv_unroll(None);
+        println!(
+            "matmul {ty}: every token the same bits in batches of 1..8 (both unrolls) and {n}"
+        );
+    }
+}
+
+/// RMS norm of a whole row and the gated activation write the next matmul's 8-bit blocks as
+/// they write their output, and q/k/v-style matmuls of one input quantize it once: the results
+/// are the bits of quantizing afterwards, and agree with the CPU.
+#[test]
+#[ignore = "needs CUDA"]
+fn producers_and_shared_inputs_give_the_same_bits() {
+    let (g, cpu) = (gpu(), CpuBackend::new());
+    let (n, d, ff) = (3, 512, 768);
+    for (k, ty) in [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = rng(800 + k as u64);
+        let norm_w = normals(&mut r, d, 1.0);
+        let f = gguf(
+            &[],
+            vec![
+                (
+                    "norm".into(),
+                    vec![d as u64],
+                    GgmlType::F32,
+                    f32_bytes(&norm_w),
+                ),
+                (
+                    "w1".into(),
+                    vec![d as u64, ff as u64],
+                    ty,
+                    random_weight(ty, ff, d, 0.05, &mut r),
+                ),
+                (
+                    "w2".into(),
+                    vec![d as u64, ff as u64],
+                    ty,
+                    random_weight(ty, ff, d, 0.05, &mut r),
+                ),
+                (
+                    "w3".into(),
+                    vec![ff as u64, d as u64],
+                    ty,
+                    random_weight(ty, d, ff, 0.05, &mut r),
+                ),
+            ],
+        );
+        let up = |name| {
+            (
+                g.upload(wref(&f, name)).unwrap(),
+                cpu.upload(wref(&f, name)).unwrap(),
+            )
+        };
+        let ((ng, nc), (w1g, w1c), (w2g, w2c), (w3g, w3c)) =
+            (up("norm"), up("w1"), up("w2"), up("w3"));
+        let _ = (
+            g.begin_step(&simple_step(vec![0; n])),
+            cpu.begin_step(&simple_step(vec![0; n])),
+        );
+        let x = normals(&mut r, n * d, 2.0);
+        let (xg, xc) = (gpu_in(&g, n, d, &x), cpu_in(&cpu, n, d, &x));
+        // Prime the preferred format with one matmul.
+        let mut o = gpu_out(&g, n, ff);
+        g.matmul(&w1g, &xg, &mut o);
+        // norm → two matmuls of its output: no quantize launch.
+        let before = g.quant_stats();
+        let mut hg = gpu_out(&g, n, d);
+        g.rms_norm(&xg, Some(&ng), d, 1e-6, &mut hg);
+        let (mut ag, mut bg) = (gpu_out(&g, n, ff), gpu_out(&g, n, ff));
+        g.matmul(&w1g, &hg, &mut ag);
+        g.matmul(&w2g, &hg, &mut bg);
+        let mid = g.quant_stats();
+        assert_eq!(
+            mid.quantized, before.quantized,
+            "{ty}: the norm's output was quantized again"
+        );
+        assert_eq!(
+            (mid.produced, mid.reused),
+            (before.produced + 1, before.reused + 2)
+        );
+        // gated activation → matmul: no quantize launch.
+        g.gated_act(&mut ag, &bg, FfnKind::SiluGated);
+        let mut og = gpu_out(&g, n, d);
+        g.matmul(&w3g, &ag, &mut og);
+        let after = g.quant_stats();
+        assert_eq!(
+            after.quantized, mid.quantized,
+            "{ty}: the activation's output was quantized again"
+        );
+        let fused = (g.read(&ag), g.read(&og));
+        // The same again with every input re-written from the host (so quantized afresh).
+        let hv = g.read(&hg);
+        g.write(&mut hg, &hv);
+        let (mut a2, mut b2) = (gpu_out(&g, n, ff), gpu_out(&g, n, ff));
+        g.matmul(&w1g, &hg, &mut a2);
+        g.matmul(&w2g, &hg, &mut b2);
+        let (av, bv) = (g.read(&a2), g.read(&b2));
+        let (mut a3, b3) = (gpu_in(&g, n, ff, &av), gpu_in(&g, n, ff, &bv));
+        g.set_fused_producers(false);
+        g.gated_act(&mut a3, &b3, FfnKind::SiluGated);
+        g.set_fused_producers(true);
+        let a3v = g.read(&a3);
+        let a4 = gpu_in(&g, n, ff, &a3v);
+        let mut o2 = gpu_out(&g, n, d);
+        g.matmul(&w3g, &a4, &mut o2);
+        let plain = (a3v, g.read(&o2));
+        let bits = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            bits(&fused.0, &plain.0),
+            "{ty}: fused gated activation differs"
+        );
+        assert!(
+            bits(&fused.1, &plain.1),
+            "{ty}: matmul of produced blocks differs"
+        );
+        // Against the CPU.
+        let mut hc = cpu_out(&cpu, n, d);
+        cpu.rms_norm(&xc, Some(&nc), d, 1e-6, &mut hc);
+        let (mut ac, mut bc) = (cpu_out(&cpu, n, ff), cpu_out(&cpu, n, ff));
+        cpu.matmul(&w1c, &hc, &mut ac);
+        cpu.matmul(&w2c, &hc, &mut bc);
+        cpu.gated_act(&mut ac, &bc, FfnKind::SiluGated);
+        let mut oc = cpu_out(&cpu, n, d);
+        cpu.matmul(&w3c, &ac, &mut oc);
+        let e = rel_err(&fused.1, &oc.data);
+        println!("{ty}: norm → 2 matmuls → silu → matmul, fused vs CPU {e:.2e}; stats {after:?}");
+        assert!(e <= 1e-4, "{ty}: {e}");
+    }
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn argmax_rows_matches_the_sampler() {
+    let g = gpu();
+    let mut r = rng(9);
+    let _ = g.begin_step(&simple_step(vec![0]));
+    for (rows, cols) in [(1usize, 151936usize), (5, 1000), (64, 262144), (3, 7)] {
+        let mut x = normals(&mut r, rows * cols, 3.0);
+        // infinities, NaNs and ties (the lowest index wins)
+        for row in 0..rows {
+            let base = row * cols;
+            x[base] = f32::NEG_INFINITY;
+            x[base + cols - 1] = f32::NAN;
+            let m = x[base + 1..base + cols - 1]
+                .iter()
+                .cloned()
+                .fold(f32::MIN, f32::max)
+                + 1.0;
+            let (i, j) = (r.gen_range(1..cols - 1), r.gen_range(1..cols - 1));
+            x[base + i] = m;
+            x[base + j] = m;
+        }
+        let xg = gpu_in(&g, rows, cols, &x);
+        let got = g.argmax_rows(&xg, cols);
+        let want: Vec<u32> = x
+            .chunks_exact(cols)
+            .map(kestrel_engine::sampler::argmax)
+            .collect();
+        assert_eq!(got, want, "argmax of {rows}×{cols}");
+    }
+}
+
+/// Long contexts split the keys (flash-decoding); the splits' f32 merge must be at least as
+/// close to the exact result (f64, from the same f16 K/V/Q) as the CPU's one f16 chain is.
+#[test]
+#[ignore = "needs CUDA"]
+fn attention_splits_long_contexts() {
+    let (g, cpu) = (gpu(), CpuBackend::new());
+    let (n_head, n_kv, hd) = (8usize, 2usize, 128usize);
+    let kv_dim = n_kv * hd;
+    for (k, (lens, window)) in [
+        (vec![1000usize], None),
+        (vec![300, 2500, 17], None),
+        (vec![1500], Some(700usize)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = rng(900 + k as u64);
+        // One sequence per length; blocks scattered by a stride.
+        let n_blocks: usize = lens.iter().map(|l| l.div_ceil(16)).sum();
+        let mut perm: Vec<u32> = (0..n_blocks as u32).collect();
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, r.gen_range(0..=i));
+        }
+        let mut tables = Vec::new();
+        let mut at = 0;
+        for &l in &lens {
+            tables.push(perm[at..at + l.div_ceil(16)].to_vec());
+            at += l.div_ceil(16);
+        }
+        let n_slots = n_blocks * 16;
+        let mut kvg = g.alloc_kv(n_slots, kv_dim).unwrap();
+        let mut kvc = cpu.alloc_kv(n_slots, kv_dim).unwrap();
+        // Write every sequence's keys in one prefill-like step (all positions).
+        let mut fill = StepInfo::default();
+        for (s, &l) in lens.iter().enumerate() {
+            for p in 0..l {
+                fill.tokens.push(0);
+                fill.positions.push(p as u32);
+                fill.slots.push(tables[s][p / 16] * 16 + (p % 16) as u32);
+                fill.seq_index.push(s as u32);
+            }
+        }
+        fill.block_tables = tables.clone();
+        fill.logit_rows = vec![0];
+        let nf = fill.tokens.len();
+        let (kx, vx) = (
+            normals(&mut r, nf * kv_dim, 1.5),
+            normals(&mut r, nf * kv_dim, 1.0),
+        );
+        let (sg, sc) = (g.begin_step(&fill), cpu.begin_step(&fill));
+        g.kv_write(
+            &gpu_in(&g, nf, kv_dim, &kx),
+            &gpu_in(&g, nf, kv_dim, &vx),
+            &mut kvg,
+            &sg,
+        );
+        cpu.kv_write(
+            &cpu_in(&cpu, nf, kv_dim, &kx),
+            &cpu_in(&cpu, nf, kv_dim, &vx),
+            &mut kvc,
+            &sc,
+        );
+        // Decode: each sequence's last position.
+        let mut dec = StepInfo::default();
+        for (s, &l) in lens.iter().enumerate() {
+            dec.tokens.push(0);
+            dec.positions.push(l as u32 - 1);
+            dec.slots
+                .push(tables[s][(l - 1) / 16] * 16 + ((l - 1) % 16) as u32);
+            dec.seq_index.push(s as u32);
+        }
+        dec.block_tables = tables.clone();
+        dec.logit_rows = (0..lens.len() as u32).collect();
+        let n = lens.len();
+        let geom = AttnGeom {
+            n_head,
+            n_kv_head: n_kv,
+            head_dim: hd,
+            window,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let q = normals(&mut r, n * n_head * hd, 1.5);
+        let (sg, sc) = (g.begin_step(&dec), cpu.begin_step(&dec));
+        let mut og = gpu_out(&g, n, n_head * hd);
+        let mut oc = cpu_out(&cpu, n, n_head * hd);
+        g.attention(&gpu_in(&g, n, n_head * hd, &q), &kvg, geom, &sg, &mut og);
+        cpu.attention(&cpu_in(&cpu, n, n_head * hd, &q), &kvc, geom, &sc, &mut oc);
+        let got = g.read(&og);
+        // Exact attention in f64 over the f16 values.
+        let f16r = |v: f32| half::f16::from_f32(v).to_f64();
+        let mut exact = vec![0f32; n * n_head * hd];
+        for t in 0..n {
+            let l = lens[t];
+            let lo = window.map_or(0, |w| l.saturating_sub(w));
+            for h in 0..n_head {
+                let kvh = h / (n_head / n_kv);
+                let qh: Vec<f64> = (0..hd)
+                    .map(|d| f16r(q[(t * n_head + h) * hd + d]))
+                    .collect();
+                // The fill step wrote position p of sequence t from row base_t + p of kx / vx.
+                let base: usize = lens[..t].iter().sum();
+                let row = |p: usize| base + p;
+                let sc: Vec<f64> = (lo..l)
+                    .map(|p| {
+                        let i = row(p) * kv_dim + kvh * hd;
+                        (0..hd).map(|d| qh[d] * f16r(kx[i + d])).sum::<f64>() * geom.scale as f64
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                let w: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let v: f64 = (lo..l)
+                        .zip(&w)
+                        .map(|(p, wi)| wi * f16r(vx[row(p) * kv_dim + kvh * hd + d]))
+                        .sum();
+                    exact[(t * n_head + h) * hd + d] = (v / z) as f32;
+                }
+            }
+        }
+        let (e_gpu, e_cpu) = (rel_err(&got, &exact), rel_err(&oc.data, &exact));
+        let splits = kestrel_cuda::ops::attention::splits(*lens.iter().max().unwrap());
+        println!("attention lens {lens:?} window {window:?}: {splits} splits; vs exact: GPU {e_gpu:.2e}, CPU {e_cpu:.2e}");
+        assert!(
+            e_gpu <= (2.0 * e_cpu).max(1e-3),
+            "attention lens {lens:?}: GPU {e_gpu} vs CPU {e_cpu}"
+        );
+    }
+}
+
+/// Median seconds per call of `f`, from CUDA-graph replays of `n` calls (no launch gaps).
+fn graph_time(g: &CudaBackend, n: usize, f: impl Fn(usize)) -> f64 {
+    let graph = g.record(|| (0..n).for_each(&f)).expect("recording");
+    graph.launch().expect("replay");
+    g.synchronize();
+    let mut ts: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            graph.launch().expect("replay");
+            g.synchronize();
+            t.elapsed().as_secs_f64() / n as f64
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    ts[2]
+}
+
+/// Not a check: the achieved weight-read bandwidth of the matvecs (quantized input cached, so
+/// the matvec alone) on the matrices of a qwen3-8b Q4_K_M decode step and a Gemma 4 E4B Q8_0
+/// one, 1 to 8 tokens, against the H200's 4.63 TB/s. Timed as CUDA-graph replays of a chain of
+/// launches over enough copies of the matrix that the reads come from HBM, not the 60 MB L2.
 #[test]
 #[ignore = "needs CUDA"]
 fn matvec_bandwidth_report() {
     let g = gpu();
-    let (rows, cols) = (14336, 4096);
-    for ty in [
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-        GgmlType::Q5_0,
-        GgmlType::Q8_0,
-        GgmlType::F16,
-    ] {
+    let cases: [(&str, GgmlType, usize, usize); 9] = [
+        ("q/o proj 8B", GgmlType::Q4_K, 4096, 4096),
+        ("k/v proj 8B", GgmlType::Q4_K, 1024, 4096),
+        ("v proj 8B", GgmlType::Q6_K, 1024, 4096),
+        ("gate/up 8B", GgmlType::Q4_K, 12288, 4096),
+        ("down 8B", GgmlType::Q4_K, 4096, 12288),
+        ("down 8B", GgmlType::Q6_K, 4096, 12288),
+        ("lm head 8B", GgmlType::Q6_K, 151936, 4096),
+        ("gate/up E4B", GgmlType::Q8_0, 10240, 2560),
+        ("down E4B", GgmlType::Q8_0, 2560, 10240),
+    ];
+    println!("| matrix | type | rows × cols | MB | tokens (units in flight) | µs | GB/s | of 4.63 TB/s |");
+    println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    for (label, ty, rows, cols) in cases {
         let mut r = rng(7);
         let bytes = random_weight(ty, rows, cols, 0.02, &mut r);
         let n_bytes = bytes.len();
+        let copies = (400_000_000 / n_bytes).clamp(1, 32);
         let f = gguf(
             &[],
             vec![("w".into(), vec![cols as u64, rows as u64], ty, bytes)],
         );
-        let w = g.upload(wref(&f, "w")).unwrap();
-        let _ = g.begin_step(&simple_step(vec![0]));
-        let x = gpu_in(&g, 1, cols, &normals(&mut r, cols, 1.0));
-        let mut out = gpu_out(&g, 1, rows);
-        for _ in 0..5 {
-            g.matmul(&w, &x, &mut out);
+        let ws: Vec<_> = (0..copies)
+            .map(|_| g.upload(wref(&f, "w")).unwrap())
+            .collect();
+        for (n_tok, unroll) in [
+            (1usize, Some(2)),
+            (1, Some(4)),
+            (2, Some(2)),
+            (2, Some(4)),
+            (4, None),
+            (8, None),
+        ] {
+            g.set_mv_unroll(unroll);
+            let _ = g.begin_step(&simple_step(vec![0; n_tok]));
+            let x = gpu_in(&g, n_tok, cols, &normals(&mut r, n_tok * cols, 1.0));
+            let mut out = gpu_out(&g, n_tok, rows);
+            g.matmul(&ws[0], &x, &mut out); // quantize x once; the recorded calls reuse it
+            let out = RefCell::new(out);
+            let s = graph_time(&g, (4 * copies).max(32), |i| {
+                g.matmul(&ws[i % copies], &x, &mut out.borrow_mut())
+            });
+            let gbs = n_bytes as f64 / s / 1e9;
+            println!(
+                "| {label} | {ty} | {rows} × {cols} | {:.1} | {n_tok}{} | {:.2} | {gbs:.0} | {:.0}% |",
+                n_bytes as f64 / 1e6,
+                unroll.map_or(String::new(), |u| format!(" (U={u})")),
+                s * 1e6,
+                gbs / 4630.0 * 100.0
+            );
         }
-        g.synchronize();
-        let iters = 50;
-        let t = std::time::Instant::now();
-        for _ in 0..iters {
-            g.matmul(&w, &x, &mut out);
+        g.set_mv_unroll(None);
+    }
+}
+
+/// Not a check: the other kernels of one qwen3-8b layer at decode (one token; attention at
+/// several context lengths), timed as CUDA-graph replays of 200 launches each.
+#[test]
+#[ignore = "needs CUDA"]
+fn decode_ops_report() {
+    let g = gpu();
+    let mut r = rng(11);
+    let (d, n_head, n_kv, hd, ff) = (4096usize, 32usize, 8usize, 128usize, 12288usize);
+    let kv_dim = n_kv * hd;
+    let f = gguf(
+        &[],
+        vec![
+            (
+                "norm".into(),
+                vec![d as u64],
+                GgmlType::F32,
+                f32_bytes(&normals(&mut r, d, 1.0)),
+            ),
+            (
+                "hnorm".into(),
+                vec![hd as u64],
+                GgmlType::F32,
+                f32_bytes(&normals(&mut r, hd, 1.0)),
+            ),
+            (
+                "w".into(),
+                vec![d as u64, 256],
+                GgmlType::Q4_K,
+                random_weight(GgmlType::Q4_K, 256, d, 0.02, &mut r),
+            ),
+        ],
+    );
+    let (wn, wh, wq) = (
+        g.upload(wref(&f, "norm")).unwrap(),
+        g.upload(wref(&f, "hnorm")).unwrap(),
+        g.upload(wref(&f, "w")).unwrap(),
+    );
+    let rope = RopeSpec {
+        base: 1_000_000.0,
+        freq_scale: 1.0,
+        n_rot: hd,
+        neox: true,
+        freq_factors: None,
+    };
+    let n = 200;
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let step = simple_step(vec![0]);
+    let sg = g.begin_step(&step);
+    let x = gpu_in(&g, 1, d, &normals(&mut r, d, 1.0));
+    let h = RefCell::new(gpu_out(&g, 1, d));
+    // Prime the preferred activation format (A256) so the norm runs fused.
+    let o256 = RefCell::new(gpu_out(&g, 1, 256));
+    g.matmul(&wq, &x, &mut o256.borrow_mut());
+    rows.push((
+        "rms_norm 4096 + A256 blocks".into(),
+        graph_time(&g, n, |_| {
+            g.rms_norm(&x, Some(&wn), d, 1e-6, &mut h.borrow_mut())
+        }),
+    ));
+    g.set_fused_producers(false);
+    rows.push((
+        "rms_norm 4096".into(),
+        graph_time(&g, n, |_| {
+            g.rms_norm(&x, Some(&wn), d, 1e-6, &mut h.borrow_mut())
+        }),
+    ));
+    g.set_fused_producers(true);
+    let q = gpu_in(&g, 1, n_head * hd, &normals(&mut r, n_head * hd, 1.0));
+    let q2 = RefCell::new(gpu_out(&g, 1, n_head * hd));
+    rows.push((
+        "rms_norm per head 32×128".into(),
+        graph_time(&g, n, |_| {
+            g.rms_norm(&q, Some(&wh), hd, 1e-6, &mut q2.borrow_mut())
+        }),
+    ));
+    rows.push((
+        "rope 32 heads".into(),
+        graph_time(&g, n, |_| {
+            g.rope(&mut q2.borrow_mut(), hd, &rope, None, &sg)
+        }),
+    ));
+    let y = gpu_in(&g, 1, d, &normals(&mut r, d, 1.0));
+    rows.push((
+        "matvec Q4_K 256×4096, input cached".into(),
+        graph_time(&g, n, |_| g.matmul(&wq, &x, &mut o256.borrow_mut())),
+    ));
+    rows.push((
+        "quantize A256 4096 + that matvec".into(),
+        graph_time(&g, n, |i| {
+            // alternating inputs: every call quantizes afresh
+            g.matmul(
+                &wq,
+                if i % 2 == 0 { &x } else { &y },
+                &mut o256.borrow_mut(),
+            )
+        }),
+    ));
+    rows.push((
+        "add 4096".into(),
+        graph_time(&g, n, |_| g.add(&mut h.borrow_mut(), &y)),
+    ));
+    let up = gpu_in(&g, 1, ff, &normals(&mut r, ff, 1.0));
+    let gate = RefCell::new(gpu_in(&g, 1, ff, &normals(&mut r, ff, 1.0)));
+    rows.push((
+        "silu_mul 12288 + A256 blocks".into(),
+        graph_time(&g, n, |_| {
+            g.gated_act(&mut gate.borrow_mut(), &up, FfnKind::SiluGated)
+        }),
+    ));
+    for ctx in [128usize, 1024, 4096] {
+        let blocks: Vec<u32> = (0..ctx.div_ceil(16) as u32).collect();
+        let kv = RefCell::new(g.alloc_kv(blocks.len() * 16, kv_dim).unwrap());
+        let st = StepInfo {
+            tokens: vec![0],
+            positions: vec![ctx as u32 - 1],
+            slots: vec![ctx as u32 - 1],
+            seq_index: vec![0],
+            block_tables: vec![blocks],
+            logit_rows: vec![0],
+        };
+        let s = g.begin_step(&st);
+        let k = gpu_in(&g, 1, kv_dim, &normals(&mut r, kv_dim, 1.0));
+        let v = gpu_in(&g, 1, kv_dim, &normals(&mut r, kv_dim, 1.0));
+        let qq = gpu_in(&g, 1, n_head * hd, &normals(&mut r, n_head * hd, 1.0));
+        let a = RefCell::new(gpu_out(&g, 1, n_head * hd));
+        if ctx == 128 {
+            rows.push((
+                "kv_write 1024".into(),
+                graph_time(&g, n, |_| g.kv_write(&k, &v, &mut kv.borrow_mut(), &s)),
+            ));
         }
-        g.synchronize();
-        let s = t.elapsed().as_secs_f64() / iters as f64;
-        println!(
-            "matvec {ty:>5} {rows}x{cols}: {:.1} us, {:.0} GB/s of weights",
-            s * 1e6,
-            n_bytes as f64 / s / 1e9
-        );
+        let geom = AttnGeom {
+            n_head,
+            n_kv_head: n_kv,
+            head_dim: hd,
+            window: None,
+            scale: 0.088,
+        };
+        let splits = kestrel_cuda::ops::attention::splits(ctx);
+        rows.push((
+            format!("attention 32/8×128 at {ctx} keys ({splits} splits)"),
+            graph_time(&g, n, |_| {
+                g.attention(&qq, &kv.borrow(), geom, &s, &mut a.borrow_mut())
+            }),
+        ));
+        drop(kv);
+    }
+    let _ = g.begin_step(&step);
+    let logits = gpu_in(&g, 1, 151936, &normals(&mut r, 151936, 1.0));
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        g.argmax_rows(&logits, 151936);
+    }
+    rows.push((
+        "argmax 151936 (eager, incl. 4-byte copy)".into(),
+        t.elapsed().as_secs_f64() / n as f64,
+    ));
+    println!("| op (one token) | µs |");
+    println!("| --- | ---: |");
+    for (op, s) in rows {
+        println!("| {op} | {:.2} |", s * 1e6);
     }
 }
