@@ -7,7 +7,8 @@ use kestrel_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::backend::Backend;
 use crate::engine::{BatchEntry, Engine, EngineError, SeqId};
-use crate::sampler::{top_logprobs, Sampler, SamplerParams};
+use crate::sampler::{logprob_of, top_logprobs, Sampler, SamplerParams};
+use crate::stop::{find_stop, held_back};
 
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
@@ -152,7 +153,7 @@ pub fn generate<B: Backend>(
         sampler.accept(token);
         if params.top_logprobs > 0 {
             let top = top_logprobs(&logits, params.top_logprobs);
-            let lp = top_logprobs_of(&logits, token);
+            let lp = logprob_of(&logits, token);
             out.logprobs.push(StepLogprobs {
                 token,
                 logprob: lp,
@@ -166,7 +167,7 @@ pub fn generate<B: Backend>(
         out.generated_ids.push(token);
         pending.push_str(&dec.push(token));
 
-        if let Some((at, _)) = find_stop(&pending, &params.stop) {
+        if let Some(at) = find_stop(&pending, &params.stop) {
             pending.truncate(at);
             let n = pending.len();
             emit(&mut out.text, &mut pending, n, on_text);
@@ -174,7 +175,11 @@ pub fn generate<B: Backend>(
             break;
         }
         // Hold back a tail that could still become a stop string.
-        let keep = if max_stop > 0 { held_back(&pending, &params.stop) } else { 0 };
+        let keep = if max_stop > 0 {
+            held_back(&pending, &params.stop)
+        } else {
+            0
+        };
         let n = pending.len() - keep;
         if !emit(&mut out.text, &mut pending, n, on_text) {
             out.finish = FinishReason::Cancelled;
@@ -197,7 +202,7 @@ pub fn generate<B: Backend>(
     if out.finish != FinishReason::Cancelled {
         pending.push_str(&dec.finish());
         if out.finish == FinishReason::Length {
-            if let Some((at, _)) = find_stop(&pending, &params.stop) {
+            if let Some(at) = find_stop(&pending, &params.stop) {
                 pending.truncate(at);
                 out.finish = FinishReason::Stop;
             }
@@ -209,55 +214,17 @@ pub fn generate<B: Backend>(
     Ok(out)
 }
 
-fn top_logprobs_of(logits: &[f32], token: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
-    logits[token as usize] - lse
-}
-
 /// Move the first `n` bytes of `pending` to `text` and the callback.
-fn emit(text: &mut String, pending: &mut String, n: usize, on_text: &mut dyn FnMut(&str) -> bool) -> bool {
+fn emit(
+    text: &mut String,
+    pending: &mut String,
+    n: usize,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> bool {
     if n == 0 {
         return true;
     }
     let piece: String = pending.drain(..n).collect();
     text.push_str(&piece);
     on_text(&piece)
-}
-
-fn find_stop(s: &str, stops: &[String]) -> Option<(usize, usize)> {
-    stops
-        .iter()
-        .filter(|st| !st.is_empty())
-        .filter_map(|st| s.find(st.as_str()).map(|at| (at, st.len())))
-        .min()
-}
-
-/// Length of the longest suffix of `s` that is a proper prefix of some stop string.
-fn held_back(s: &str, stops: &[String]) -> usize {
-    let mut best = 0;
-    for st in stops {
-        for (i, _) in s.char_indices() {
-            let tail = &s[i..];
-            if tail.len() < st.len() && st.starts_with(tail) {
-                best = best.max(tail.len());
-                break;
-            }
-        }
-    }
-    best
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_are_found_and_prefixes_held() {
-        let stops = vec!["</end>".to_string(), "\n\n".to_string()];
-        assert_eq!(find_stop("abc</end>x", &stops), Some((3, 6)));
-        assert_eq!(held_back("abc</e", &stops), 3);
-        assert_eq!(held_back("abc\n", &stops), 1);
-        assert_eq!(held_back("abc", &stops), 0);
-    }
 }

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod kv;
 pub mod sampler;
 pub mod scheduler;
+pub mod stop;
 pub mod weights;
 
 pub use backend::{AttnGeom, Backend, StepInfo, WeightRef, KV_BLOCK};

@@ -155,7 +155,9 @@ impl Sampler {
         }
         let mut out = logits.to_vec();
         for (&t, &n) in &counts {
-            let Some(l) = out.get_mut(t as usize) else { continue };
+            let Some(l) = out.get_mut(t as usize) else {
+                continue;
+            };
             if *l > 0.0 {
                 *l /= p.repeat_penalty;
             } else {
@@ -180,24 +182,50 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 fn softmax_sorted(cand: &[(u32, f32)], temperature: f32) -> Vec<f32> {
     let max = cand[0].1;
-    let e: Vec<f32> = cand.iter().map(|c| ((c.1 - max) / temperature).exp()).collect();
+    let e: Vec<f32> = cand
+        .iter()
+        .map(|c| ((c.1 - max) / temperature).exp())
+        .collect();
     let sum: f32 = e.iter().sum();
     e.into_iter().map(|x| x / sum).collect()
 }
 
+fn log_sum_exp(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + logits
+        .iter()
+        .map(|&l| ((l - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+}
+
+/// Log-probability of `token` under the raw logits.
+pub fn logprob_of(logits: &[f32], token: u32) -> f32 {
+    logits[token as usize] - log_sum_exp(logits)
+}
+
 /// The `n` most likely tokens with their log-probabilities under the raw logits.
 pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let lse = log_sum_exp(logits);
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let n = n.min(idx.len());
     if n == 0 {
         return vec![];
     }
-    idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.select_nth_unstable_by(n - 1, |&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     idx.truncate(n);
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect()
+    idx.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    idx.into_iter()
+        .map(|i| (i, logits[i as usize] - lse))
+        .collect()
 }
 
 #[cfg(test)]
@@ -239,9 +267,18 @@ mod tests {
         let l = logits();
         let best = argmax(&l);
         for params in [
-            SamplerParams { top_k: 1, ..Default::default() },
-            SamplerParams { top_p: 0.0, ..Default::default() },
-            SamplerParams { min_p: 1.0, ..Default::default() },
+            SamplerParams {
+                top_k: 1,
+                ..Default::default()
+            },
+            SamplerParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplerParams {
+                min_p: 1.0,
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(params);
             for _ in 0..10 {

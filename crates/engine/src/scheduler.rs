@@ -28,7 +28,8 @@ use kestrel_tokenizer::{StreamDecoder, Tokenizer};
 use crate::backend::{Backend, KV_BLOCK};
 use crate::engine::{BatchEntry, Engine, SeqId};
 use crate::generate::{FinishReason, StepLogprobs};
-use crate::sampler::{top_logprobs, Sampler, SamplerParams};
+use crate::sampler::{logprob_of, top_logprobs, Sampler, SamplerParams};
+use crate::stop::{find_stop, held_back};
 
 /// The caller's name for a request.
 pub type RequestId = u64;
@@ -581,39 +582,4 @@ fn sample_into(
         reason,
         usage: r.usage(),
     })
-}
-
-fn logprob_of(logits: &[f32], token: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max
-        + logits
-            .iter()
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>()
-            .ln() as f32;
-    logits[token as usize] - lse
-}
-
-/// Byte offset of the earliest stop string in `s`.
-fn find_stop(s: &str, stops: &[String]) -> Option<usize> {
-    stops
-        .iter()
-        .filter(|st| !st.is_empty())
-        .filter_map(|st| s.find(st.as_str()))
-        .min()
-}
-
-/// Length of the longest suffix of `s` that is a proper prefix of some stop string.
-fn held_back(s: &str, stops: &[String]) -> usize {
-    let mut best = 0;
-    for st in stops {
-        for (i, _) in s.char_indices() {
-            let tail = &s[i..];
-            if tail.len() < st.len() && st.starts_with(tail) {
-                best = best.max(tail.len());
-                break;
-            }
-        }
-    }
-    best
 }
