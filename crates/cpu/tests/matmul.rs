@@ -1,11 +1,10 @@
-//! Quantized matmul: every SIMD path against the scalar path, the scalar path against the
-//! dequantized f64 reference, and matmul against per-row dots, on seeded random non-zero data.
+//! Quantized matmul: every SIMD path against the scalar path (bit for bit), the scalar path
+//! against the dequantized f64 reference, and matmul against per-row dots, on seeded random
+//! non-zero data, over every route llama.cpp takes (`quant_dot::route`).
 //!
 //! Tolerances:
-//! - SIMD vs scalar (integer sums are exact, only f32 summation order differs):
-//!   `|simd − scalar| ≤ 1e-5 · Σ_k (|w_k| + |o_k|)·|x̂_k|`, where `w` is the dequantized weight,
-//!   `o` its constant part (offset / min: the value with all codes zeroed) and `x̂` the
-//!   dequantized activation — the sum of the magnitudes of the terms the kernels add.
+//! - SIMD vs scalar: none. The scalar functions define llama.cpp's summation order and the
+//!   kernels reproduce it (integer parts are exact), so every output bit must agree.
 //! - scalar vs f64 `Σ w_k·x̂_k` (dequantized weights × dequantized activations): f32 rounding,
 //!   `≤ 1e-5 · mag`, plus for Q4_1 / Q5_1 the exactly computed effect of the f16 `s` field,
 //!   `Σ_b |m_b| · |s_b − d_b·Σq_b|` (the kernels fold the min through `s`, §6.1).
@@ -15,10 +14,11 @@
 //!   `0.51·amax_b/127` for Q8_K; the `m_b` term (Q4_1, Q5_1 only) covers the f16 `s` field.
 
 use kestrel_cpu::ops::matmul::{dequantize_rows, matmul, matmul_with, supports, WeightMatrix};
-use kestrel_cpu::quant_dot::{self, scalar, ActFormat, SimdLevel};
-use kestrel_gguf::quant::{
-    dequantize, f32_to_bf16, f32_to_f16, quantize_q8_0, quantize_q8_1, quantize_q8_k,
+use kestrel_cpu::quant_dot::acts::{
+    quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, Q8kSign,
 };
+use kestrel_cpu::quant_dot::{self, scalar, ActFormat, Route, SimdLevel};
+use kestrel_gguf::quant::{dequantize, f32_to_bf16, f32_to_f16};
 use kestrel_gguf::GgmlType::{self, *};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -110,12 +110,12 @@ fn act_deq(fmt: ActFormat, x: &[f32]) -> Vec<f32> {
         ActFormat::F32 => x.to_vec(),
         ActFormat::Q8_0 => {
             let mut b = vec![0u8; n / 32 * 34];
-            quantize_q8_0(x, &mut b);
+            quantize_row_q8_0(x, &mut b);
             deq(Q8_0, &b, n)
         }
         ActFormat::Q8_1 => {
             let mut b = vec![0u8; n / 32 * 36];
-            quantize_q8_1(x, &mut b);
+            quantize_row_q8_1(x, &mut b);
             // Q8_1 dequantizes like Q8_0 (d, then codes); drop the s field.
             let b0: Vec<u8> = b
                 .chunks_exact(36)
@@ -125,19 +125,19 @@ fn act_deq(fmt: ActFormat, x: &[f32]) -> Vec<f32> {
         }
         ActFormat::Q8_K => {
             let mut b = vec![0u8; n / 256 * 292];
-            quantize_q8_k(x, &mut b);
+            quantize_row_q8_k(x, &mut b, Q8kSign::First);
             deq(Q8_K, &b, n)
         }
     }
 }
 
-/// Standard activation blocks of one row (what the scalar vec_dot takes).
-fn act_blocks(fmt: ActFormat, x: &[f32]) -> Vec<u8> {
+/// Standard activation blocks of one row (what the scalar dots take), Q8_K with `sign`.
+fn act_blocks(fmt: ActFormat, x: &[f32], sign: Q8kSign) -> Vec<u8> {
     let mut b = vec![0u8; x.len() / fmt.block() * fmt.block_bytes()];
     match fmt {
-        ActFormat::Q8_0 => quantize_q8_0(x, &mut b),
-        ActFormat::Q8_1 => quantize_q8_1(x, &mut b),
-        ActFormat::Q8_K => quantize_q8_k(x, &mut b),
+        ActFormat::Q8_0 => quantize_row_q8_0(x, &mut b),
+        ActFormat::Q8_1 => quantize_row_q8_1(x, &mut b),
+        ActFormat::Q8_K => quantize_row_q8_k(x, &mut b, sign),
         ActFormat::F32 => unreachable!(),
     }
     b
@@ -233,26 +233,79 @@ fn cols_for(ty: GgmlType) -> Vec<usize> {
     }
 }
 
+/// Asserts every output bit agrees.
+fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what}: element {i}: got {g} ({:#010x}), want {w} ({:#010x})",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
 #[test]
-fn simd_paths_match_scalar_for_every_type() {
+fn simd_paths_equal_scalar_bit_for_bit_on_every_route() {
     let levels = simd_levels();
     eprintln!("detected {:?}, testing {:?}", quant_dot::detected(), levels);
     for ty in QUANT.into_iter().chain(FLOAT) {
-        let mut worst = vec![0f32; levels.len()];
+        let mut routes = std::collections::BTreeSet::new();
         for cols in cols_for(ty) {
-            for n_tokens in [1, 3, 8, 17] {
-                let case = Case::new(ty, 37, cols, n_tokens, 1);
-                let want = case.run(SimdLevel::Scalar);
-                let mag = case.magnitudes();
-                for (i, &level) in levels.iter().enumerate() {
-                    let got = case.run(level);
-                    let what = format!("{ty} {level:?} cols {cols} tokens {n_tokens}");
-                    worst[i] = worst[i].max(assert_close(&what, &got, &want, &mag, 1e-5));
+            // 37 rows: the vec_dot / tiled routes; 40 (a multiple of 8): repacked Q4_0 / Q4_K.
+            for rows in [37, 40] {
+                // Tiles of 4 and 8, partial tiles, the GEMM / GEMV split (n − n%4), 8+ tokens.
+                for n_tokens in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 17] {
+                    let case = Case::new(ty, rows, cols, n_tokens, 1);
+                    routes.insert(format!("{:?}", quant_dot::route(ty, rows, n_tokens)));
+                    let want = case.run(SimdLevel::Scalar);
+                    for &level in &levels {
+                        let got = case.run(level);
+                        if ty.is_quantized() {
+                            let what = format!("{ty} {level:?} {rows}x{cols} tokens {n_tokens}");
+                            assert_bits(&what, &got, &want);
+                        } else {
+                            // Float types keep their own f32 order (not llama.cpp's).
+                            let what = format!("{ty} {level:?} cols {cols} tokens {n_tokens}");
+                            assert_close(&what, &got, &want, &case.magnitudes(), 1e-5);
+                        }
+                    }
                 }
             }
         }
-        eprintln!("{ty}: max |simd − scalar| / mag per level {levels:?}: {worst:?}");
+        eprintln!("{ty}: routes {routes:?} exact on {levels:?}");
     }
+}
+
+#[test]
+fn routes_follow_llama_cpp() {
+    use Route::*;
+    for (ty, rows, n, want) in [
+        (Q5_0, 896, 1, VecDot),
+        (Q5_0, 896, 512, VecDot),
+        (Q8_0, 128, 37, VecDot),
+        (Q4_1, 64, 9, VecDot),
+        (Q4_0, 64, 1, Repacked),
+        (Q4_0, 66, 9, VecDot),
+        (Q4_K, 896, 5, Repacked),
+        (Q4_K, 4, 5, VecDot),
+        (Q4_K, 4, 8, Tiled),
+        (Q6_K, 896, 7, VecDot),
+        (Q6_K, 896, 8, Tiled),
+        (Q2_K, 896, 8, Tiled),
+        (Q5_K, 256, 3, VecDot),
+        (F16, 64, 9, VecDot),
+    ] {
+        assert_eq!(
+            quant_dot::route(ty, rows, n),
+            want,
+            "{ty} {rows} rows {n} tokens"
+        );
+    }
+    assert_eq!(quant_dot::gemm_tokens(Repacked, 3), 0);
+    assert_eq!(quant_dot::gemm_tokens(Repacked, 5), 4);
+    assert_eq!(quant_dot::gemm_tokens(Repacked, 12), 12);
+    assert_eq!(quant_dot::gemm_tokens(Tiled, 12), 0);
 }
 
 #[test]
@@ -316,7 +369,7 @@ fn scalar_equals_dequantized_dot_within_f32_rounding() {
                 let blocks = if fmt == ActFormat::F32 {
                     Vec::new()
                 } else {
-                    act_blocks(fmt, x)
+                    act_blocks(fmt, x, Q8kSign::First)
                 };
                 for r in 0..case.rows {
                     let w = deq(ty, m.row(r), cols);
@@ -360,6 +413,8 @@ fn matmul_matches_per_row_dots_on_odd_shapes() {
         (Q5_0, 300, 64),
         (Q6_K, 45, 512),
         (Q4_K, 1, 256),
+        (Q4_K, 24, 512),
+        (Q4_0, 16, 64),
         (Q8_0, 5, 32),
         (Q4_1, 17, 96),
         (F16, 33, 24),
@@ -369,25 +424,36 @@ fn matmul_matches_per_row_dots_on_odd_shapes() {
             let mag = case.magnitudes();
             let fmt = ActFormat::for_weight(ty).unwrap();
             let m = case.matrix();
+            let route = quant_dot::route(ty, rows, n_tokens);
+            let n_gemm = quant_dot::gemm_tokens(route, n_tokens);
             let mut want = vec![0f32; n_tokens * rows];
             for t in 0..n_tokens {
                 let x = &case.x[t * cols..(t + 1) * cols];
+                let sign = if t < n_gemm {
+                    Q8kSign::PreferPositive
+                } else {
+                    Q8kSign::First
+                };
                 for r in 0..rows {
                     want[t * rows + r] = match fmt {
                         ActFormat::F32 => scalar::float_dot_fn(ty).unwrap()(m.row(r), x),
-                        _ => scalar::quant_dot_fn(ty).unwrap()(m.row(r), &act_blocks(fmt, x)),
+                        _ => scalar::quant_dot(
+                            ty,
+                            route,
+                            t < n_gemm,
+                            m.row(r),
+                            &act_blocks(fmt, x, sign),
+                        )
+                        .unwrap(),
                     };
                 }
             }
             for &level in &levels {
                 let got = case.run(level);
-                if level == SimdLevel::Scalar {
-                    assert_eq!(
-                        got, want,
-                        "{ty} scalar matmul vs vec_dot, tokens {n_tokens}"
-                    );
+                let what = format!("{ty} {level:?} rows {rows} tokens {n_tokens}");
+                if level == SimdLevel::Scalar || ty.is_quantized() {
+                    assert_bits(&what, &got, &want);
                 } else {
-                    let what = format!("{ty} {level:?} rows {rows} tokens {n_tokens}");
                     assert_close(&what, &got, &want, &mag, 1e-5);
                 }
             }
@@ -401,7 +467,7 @@ fn default_matmul_uses_a_supported_path() {
     let mut out = vec![0f32; 40];
     matmul(&case.matrix(), &case.x, 2, &mut out);
     let want = case.run(SimdLevel::Scalar);
-    assert_close("default path", &out, &want, &case.magnitudes(), 1e-5);
+    assert_bits("default path", &out, &want);
     assert!(quant_dot::selected() <= quant_dot::detected());
     assert!(supports(Q6_K) && supports(BF16) && !supports(Q8_K) && !supports(IQ4_NL));
 }

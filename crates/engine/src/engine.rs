@@ -68,7 +68,9 @@ impl<B: Backend> Engine<B> {
             .iter()
             .map(|l| match l.kv_source {
                 Some(_) => Ok(None),
-                None => backend.alloc_kv((n_blocks + 1) * KV_BLOCK, l.kv_dim()).map(Some),
+                None => backend
+                    .alloc_kv((n_blocks + 1) * KV_BLOCK, l.kv_dim())
+                    .map(Some),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Engine {
@@ -102,7 +104,10 @@ impl<B: Backend> Engine<B> {
     }
 
     pub fn seq_len(&self, id: SeqId) -> usize {
-        self.seqs.get(id).and_then(Option::as_ref).map_or(0, |s| s.len)
+        self.seqs
+            .get(id)
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.len)
     }
 
     /// Drop a sequence's tokens from `len` on (chat turns reuse the cached history).

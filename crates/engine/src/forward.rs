@@ -81,6 +81,8 @@ pub fn forward<B: Backend>(
                 b.rms_norm(&vin, None, l.head_dim, eps, &mut v);
             }
             b.rope(&mut k, l.head_dim, &l.rope, w.rope_freqs.as_ref(), step);
+            dump(b, "Kcur_rope", il, &k);
+            dump(b, "Vcur", il, &v);
             let cache = kv[il]
                 .as_mut()
                 .expect("a layer with its own K/V has a cache");

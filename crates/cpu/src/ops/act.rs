@@ -1,5 +1,8 @@
-//! Gated FFN activations. GELU follows llama.cpp's CPU backend, which rounds the input to f16 and
-//! looks the result up in a 64K-entry f16 table (outside ±10 it is 0 or x); SiLU is exact f32.
+//! Gated FFN activations, as llama.cpp's CPU backend computes them. GELU rounds the input to f16
+//! and looks the result up in a 64K-entry f16 table (outside ±10 it is 0 or x). SiLU is
+//! `x / (1 + e)` with `e` from `ggml_v_expf`, the AVX-512 exp approximation llama.cpp's
+//! `ggml_vec_swiglu_f32` uses for whole 16-lane vectors (within 2 ulp of `exp`; llama.cpp's
+//! scalar tail of a row that is not a multiple of 16 uses libm's `expf` instead).
 
 use std::sync::OnceLock;
 
@@ -30,8 +33,30 @@ pub fn gelu(x: f32) -> f32 {
     }
 }
 
+/// `ggml_v_expf` of ggml-cpu/vec.h (AVX-512 F + DQ build), one lane: `2^n · p(b)` with
+/// `n = round(x·log2 e)`, `b = x − n·ln 2` in two FMA steps and a degree-5 polynomial;
+/// `|n| > 192` gives `+inf` or 0.
+pub fn ggml_v_expf(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let r = c(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(c(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    let u = b * b;
+    let j = c(0x3c07_2010)
+        .mul_add(b, c(0x3d2b_9f17))
+        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
+        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // vscalefps: j·2^n rounded once (exact in f64, then one rounding to f32).
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// SiLU as llama.cpp's AVX-512 `ggml_v_silu`: `x / (1 + ggml_v_expf(0 − x))`.
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + ggml_v_expf(0.0 - x))
 }
 
 /// gate = act(gate) * up
@@ -55,5 +80,20 @@ mod tests {
         assert_eq!(gelu(-11.0), 0.0);
         assert_eq!(gelu(12.5), 12.5);
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn v_expf_is_within_two_ulp_of_exp() {
+        for i in -100_000..100_000 {
+            let x = i as f32 * 8.7e-4;
+            let (got, want) = (ggml_v_expf(x), (x as f64).exp());
+            let ulp = (want as f32).abs() * f32::EPSILON;
+            assert!(
+                (got as f64 - want).abs() <= 2.0 * ulp as f64,
+                "x={x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(ggml_v_expf(-200.0), 0.0);
+        assert_eq!(ggml_v_expf(200.0), f32::INFINITY);
     }
 }

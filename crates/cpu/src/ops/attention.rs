@@ -86,7 +86,8 @@ pub fn attention(q: &[f32], kv: &KvPool, g: &Geometry, rows: &AttnRows, out: &mu
         let pos = rows.positions[t] as usize;
         let lo = g.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let table = &rows.block_tables[rows.seq_index[t] as usize];
-        let slot = |p: usize| table[p / rows.block_size] as usize * rows.block_size + p % rows.block_size;
+        let slot =
+            |p: usize| table[p / rows.block_size] as usize * rows.block_size + p % rows.block_size;
 
         let mut qh = vec![f16::ZERO; hd];
         qh.convert_from_f32_slice(&q[i * hd..(i + 1) * hd]);
@@ -104,7 +105,8 @@ pub fn attention(q: &[f32], kv: &KvPool, g: &Geometry, rows: &AttnRows, out: &mu
                 vs = (s - m).exp();
             }
             mad_f16(simd, &mut acc, &kv.v[off..off + hd], vs);
-            sum = sum * ms + vs;
+            // `S = S*ms + vs`, which llama.cpp's build contracts to one FMA.
+            sum = sum.mul_add(ms, vs);
         }
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
         for (o, a) in o.iter_mut().zip(&acc) {
@@ -152,7 +154,9 @@ pub fn attention_exact(q: &[f32], kv: &KvPool, g: &Geometry, rows: &AttnRows, ou
 fn f16_simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -160,15 +164,36 @@ fn f16_simd() -> bool {
     }
 }
 
-/// Σ a·b over f16 vectors, in f32.
+/// Σ a·b over f16 vectors, summed in ggml's AVX-512 order (so scores match llama.cpp bit for bit):
+/// four 16-lane FMA accumulators over 64-value steps, folded 0+2, 1+3, then 0+1, then the lanes
+/// reduced as `_mm512_reduce_add_ps` does (i+8, i+4, i+2, i+1); a tail beyond the last whole step
+/// is added in f64.
 fn dot_f16(simd: bool, a: &[f16], b: &[f16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if simd && a.len().is_multiple_of(8) {
-        // SAFETY: the features were detected at run time.
-        return unsafe { x86::dot_f16(a, b) };
-    }
     let _ = simd;
-    a.iter().zip(b).map(|(x, y)| x.to_f32() * y.to_f32()).sum()
+    let np = a.len() / 64 * 64;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, lanes) in acc.iter_mut().enumerate() {
+            for (l, s) in lanes.iter_mut().enumerate() {
+                let k = i + 16 * j + l;
+                *s = a[k].to_f32().mul_add(b[k].to_f32(), *s);
+            }
+        }
+    }
+    let mut v = [0f32; 16];
+    for l in 0..16 {
+        v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    for width in [8, 4, 2, 1] {
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+    }
+    let mut sum = v[0] as f64;
+    for k in np..a.len() {
+        sum += (a[k].to_f32() * b[k].to_f32()) as f64;
+    }
+    sum as f32
 }
 
 /// acc = f16(fma(v, w, acc))
@@ -202,19 +227,6 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
-        let mut s = _mm256_setzero_ps();
-        for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr() as *const __m128i));
-            let yv = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr() as *const __m128i));
-            s = _mm256_fmadd_ps(xv, yv, s);
-        }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-        lanes.iter().sum()
-    }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
@@ -277,7 +289,11 @@ mod tests {
         let table = vec![2u32, 0, 3];
         let slot = |p: usize| table[p / 16] as usize * 16 + p % 16;
         for p in 0..n_tok {
-            pool.write(slot(p), &k[p * kv_dim..(p + 1) * kv_dim], &v[p * kv_dim..(p + 1) * kv_dim]);
+            pool.write(
+                slot(p),
+                &k[p * kv_dim..(p + 1) * kv_dim],
+                &v[p * kv_dim..(p + 1) * kv_dim],
+            );
         }
         let q = rand_vec(n_tok * n_head * hd, 3);
         let positions: Vec<u32> = (0..n_tok as u32).collect();
@@ -311,16 +327,27 @@ mod tests {
                     let scores: Vec<f64> = (lo..=t)
                         .map(|p| {
                             let kr = &k[p * kv_dim + kvh * hd..][..hd];
-                            qv.iter().zip(kr).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * 0.125
+                            qv.iter()
+                                .zip(kr)
+                                .map(|(a, b)| (*a as f64) * (*b as f64))
+                                .sum::<f64>()
+                                * 0.125
                         })
                         .collect();
                     let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for d in 0..hd {
-                        let want: f64 = (lo..=t).zip(&e).map(|(p, w)| w * v[p * kv_dim + kvh * hd + d] as f64).sum::<f64>() / z;
+                        let want: f64 = (lo..=t)
+                            .zip(&e)
+                            .map(|(p, w)| w * v[p * kv_dim + kvh * hd + d] as f64)
+                            .sum::<f64>()
+                            / z;
                         let got = out[(t * n_head + h) * hd + d] as f64;
-                        assert!((got - want).abs() < tol, "t={t} h={h} d={d}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < tol,
+                            "t={t} h={h} d={d}: {got} vs {want}"
+                        );
                     }
                 }
             }

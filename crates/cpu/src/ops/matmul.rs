@@ -2,8 +2,9 @@
 //!
 //! Activations are quantized once per call to the weight type's activation format
 //! (`quant_dot::acts`), then every (row, token) pair is one block-wise integer dot product
-//! (`quant_dot`). rayon splits the output rows into chunks; inside a chunk, tokens are taken
-//! `TILE` at a time and each weight row is decoded once for the whole tile, so prefill reuses
+//! (`quant_dot`), summed in the order of the kernel llama.cpp runs for that weight type and
+//! batch size (`quant_dot::route`), so results equal llama.cpp's CPU backend bit for bit. rayon splits the output rows into chunks; inside a chunk, tokens are taken
+//! a kernel's tile (4 or 8) at a time and each weight row is decoded once for the whole tile, so prefill reuses
 //! weights from cache instead of streaming them once per token.
 //!
 //! Threading note: each call is one rayon fork-join. Called from a thread outside the pool,
@@ -15,7 +16,7 @@ use kestrel_gguf::quant::dequantize_row;
 use kestrel_gguf::GgmlType;
 use rayon::prelude::*;
 
-use crate::quant_dot::{self, ActFormat, Acts, Layout, SimdLevel, TILE};
+use crate::quant_dot::{self, ActFormat, Acts, Layout, SimdLevel};
 
 /// A 2-D GGUF tensor: ggml shape `[cols (ne0, contiguous), rows (ne1)]`, rows packed back to
 /// back in the type's block format.
@@ -95,13 +96,17 @@ pub fn matmul_with(
     if rows == 0 || n_tokens == 0 {
         return;
     }
-    let (kernel, level) = quant_dot::row_kernel(w.ty, level).expect("supported type");
+    let route = quant_dot::route(w.ty, rows, n_tokens);
+    let kernel = quant_dot::row_kernel(w.ty, route, level).expect("supported type");
+    let level = kernel.level;
     let layout = if level == SimdLevel::Scalar {
         Layout::Blocks
     } else {
         Layout::Planes
     };
-    let acts = Acts::new(fmt, x, n_tokens, cols, layout);
+    let n_x4 = quant_dot::gemm_tokens(route, n_tokens);
+    let codes = quant_dot::codes_for(w.ty, level, n_tokens);
+    let acts = Acts::build(fmt, x, n_tokens, cols, layout, n_x4, codes);
 
     let chunk = rows_per_task(rows);
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -110,13 +115,13 @@ pub fn matmul_with(
         let r_end = ((c + 1) * chunk).min(rows);
         let mut t0 = 0;
         while t0 < n_tokens {
-            let nt = (n_tokens - t0).min(TILE);
+            let nt = (n_tokens - t0).min(kernel.tile);
             for r in c * chunk..r_end {
                 // SAFETY: this task alone writes rows `c*chunk..r_end` of every token;
                 // `out` holds `n_tokens × rows` values (checked above); the kernel was
                 // selected for a level the CPU supports and `row` is one weight row.
                 let row = &w.data[r * rb..(r + 1) * rb];
-                unsafe { kernel(row, &acts, t0, nt, out_ptr.0.add(t0 * rows + r), rows) };
+                unsafe { (kernel.run)(row, &acts, t0, nt, out_ptr.0.add(t0 * rows + r), rows) };
             }
             t0 += nt;
         }

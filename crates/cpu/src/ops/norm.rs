@@ -1,11 +1,11 @@
-//! RMS norm, as ggml computes it: the sum of squares in f64, `1/sqrtf(mean + eps)` in f32,
-//! `x * scale` then `* w` in f32.
+//! RMS norm, as ggml computes it: each square in f32, summed in order in f64,
+//! `1/sqrtf(mean + eps)` in f32, `x * scale` then `* w` in f32.
 
 /// Normalise each run of `width` values of `x` into `out`, times `w` (length `width`) if given.
 pub fn rms_norm(x: &[f32], w: Option<&[f32]>, width: usize, eps: f32, out: &mut [f32]) {
     debug_assert_eq!(x.len(), out.len());
     for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        let sum: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
         let mean = (sum / width as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         match w {

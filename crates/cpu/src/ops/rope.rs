@@ -1,5 +1,9 @@
 //! Rotary position embedding. Angles follow ggml: theta_i = pos * base^(-2i/n_rot), built by
-//! repeated f32 multiplication, divided by the optional freq factor, times `freq_scale`.
+//! repeated f32 multiplication, divided by the optional freq factor, times `freq_scale`. The
+//! rotation fuses like llama.cpp's build of `rotate_pairs` (GCC contracts it to FMAs): NeoX
+//! `x0·cos − x1·sin` as `fma(x0, cos, −(x1·sin))` and `x0·sin + x1·cos` as
+//! `fma(x0, sin, x1·cos)`; adjacent pairs (vectorized there with `vfmaddsub`) as
+//! `fma(x0, cos, −(x1·sin))` and `fma(x1, cos, x0·sin)`.
 
 /// How one layer rotates its heads.
 #[derive(Clone, Copy, Debug)]
@@ -46,8 +50,12 @@ pub fn rope_row(row: &mut [f32], r: &Rope, pos: u32) {
                 (2 * i, 2 * i + 1)
             };
             let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos[i] - x1 * sin[i];
-            head[b] = x0 * sin[i] + x1 * cos[i];
+            head[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+            head[b] = if neox {
+                x0.mul_add(sin[i], x1 * cos[i])
+            } else {
+                x1.mul_add(cos[i], x0 * sin[i])
+            };
         }
     }
 }

@@ -26,10 +26,12 @@ use core::arch::x86_64::*;
 
 use kestrel_gguf::GgmlType;
 
-use super::{Acts, RowKernel, SimdLevel};
+use super::{Acts, Route, RowKernel, SimdLevel};
 
 /// The instructions that differ between AVX2 and AVX-512 VNNI.
 pub(super) trait Engine {
+    /// AVX-512 VNNI (`vpdpbusd` takes full-range u8 × i8 without i16 saturation).
+    const VNNI: bool;
     /// `acc` + for each i32 lane, the sum of its 4 `u8 × i8` byte products.
     /// AVX2 sums pairs in i16 first: callers keep `2·u·|s|` ≤ 32767 (u ≤ 128, |s| ≤ 127).
     unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
@@ -37,12 +39,15 @@ pub(super) trait Engine {
     unsafe fn madd16(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
     /// Byte `i` = 0xFF if bit `i` of `bits` is set, else 0.
     unsafe fn bit_mask(bits: u32) -> __m256i;
+    /// Byte `i` = byte `i` of `b` if bit `i` of `bits` is set, else of `a`.
+    unsafe fn bit_blend(bits: u32, a: __m256i, b: __m256i) -> __m256i;
 }
 
 pub(super) struct Avx2;
 pub(super) struct Vnni;
 
 impl Engine for Avx2 {
+    const VNNI: bool = false;
     #[inline(always)]
     unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         let pairs = _mm256_maddubs_epi16(u, s);
@@ -68,9 +73,14 @@ impl Engine for Avx2 {
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
     }
+    #[inline(always)]
+    unsafe fn bit_blend(bits: u32, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_blendv_epi8(a, b, Self::bit_mask(bits))
+    }
 }
 
 impl Engine for Vnni {
+    const VNNI: bool = true;
     #[inline(always)]
     unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
@@ -83,6 +93,10 @@ impl Engine for Vnni {
     unsafe fn bit_mask(bits: u32) -> __m256i {
         _mm256_movm_epi8(bits)
     }
+    #[inline(always)]
+    unsafe fn bit_blend(bits: u32, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_mask_blend_epi8(bits, a, b)
+    }
 }
 
 /// Horizontal sum of 8 f32 lanes.
@@ -92,6 +106,15 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
+}
+
+/// `[Σ v[0], Σ v[1], Σ v[2], Σ v[3]]` over the 8 i32 lanes of each (exact integers).
+#[inline(always)]
+pub(super) unsafe fn reduce4(v: [__m256i; 4]) -> __m128i {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h = _mm256_hadd_epi32(h01, h23);
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
 }
 
 /// f16 at `p` (unaligned, little-endian) to f32 via F16C.
@@ -143,9 +166,14 @@ pub(super) unsafe fn prefetch_ahead(p: *const u8, len: usize) {
 pub(super) struct Rows<const T: usize> {
     pub qs: [*const i8; T],
     pub d: [*const f32; T],
-    pub s: [*const f32; T],
     pub bsums: [*const i16; T],
     pub x: [*const f32; T],
+    /// `qoff` rows (`Codes::LaneOffset`): block `b` at `8·b`.
+    pub qoff: [*const i32; T],
+    /// The tile's `d4` / `s4` rows (`t0` is a multiple of 4): block `b` of tokens
+    /// `t0 + 4g..t0 + 4g + 4` at `4·nb·g + 4·b`.
+    pub d4: *const f32,
+    pub s4: *const f32,
 }
 
 impl<const T: usize> Rows<T> {
@@ -170,7 +198,6 @@ impl<const T: usize> Rows<T> {
         Rows {
             qs: core::array::from_fn(q),
             d: core::array::from_fn(|t| sd(&a.d, t)),
-            s: core::array::from_fn(|t| sd(&a.s, t)),
             bsums: core::array::from_fn(|t| {
                 if a.bsums.is_empty() {
                     a.bsums.as_ptr()
@@ -179,58 +206,97 @@ impl<const T: usize> Rows<T> {
                 }
             }),
             x: core::array::from_fn(|t| a.x[(t0 + t) * a.cols..].as_ptr()),
+            qoff: core::array::from_fn(|t| {
+                if a.qoff.is_empty() {
+                    a.qoff.as_ptr()
+                } else {
+                    a.qoff[(t0 + t) * a.nb * 8..].as_ptr()
+                }
+            }),
+            d4: if a.d4.is_empty() {
+                a.d4.as_ptr()
+            } else {
+                a.d4[t0 / 4 * a.nb * 4..].as_ptr()
+            },
+            s4: if a.s4.is_empty() {
+                a.s4.as_ptr()
+            } else {
+                a.s4[t0 / 4 * a.nb * 4..].as_ptr()
+            },
         }
     }
 }
 
-/// Builds the AVX2 and AVX-512 entry points of a generic kernel `$k::<E, $g.., T>` and returns
-/// the one for `$level` as a [`RowKernel`].
+/// Builds the AVX2 and AVX-512 entry points of a generic kernel `$k::<E, $g.., T>` (`T` in
+/// `1..=4`, or with `entry!(8; ..)` `1..=8`) and returns the one for `$level` as a
+/// [`RowKernel`] with its tile.
 macro_rules! entry {
-    ($level:expr, $k:ident $(, $g:ty)*) => {{
+    ($level:expr, $k:ident $(, $g:tt)*) => {
+        entry!(@build $level, $k, [$($g),*], 4, [1, 2, 3])
+    };
+    (8; $level:expr, $k:ident $(, $g:tt)*) => {
+        entry!(@build $level, $k, [$($g),*], 8, [1, 2, 3, 4, 5, 6, 7])
+    };
+    (@call $e:ty, $k:ident, [$($g:tt),*], $n:tt, $args:tt) => {
+        $k::<$e, $($g,)* $n> $args
+    };
+    (@build $level:expr, $k:ident, $gen:tt, $tile:tt, [$($n:tt),*]) => {{
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn avx2(w: &[u8], a: &Acts, t0: usize, nt: usize, out: *mut f32, os: usize) {
             match nt {
-                1 => $k::<Avx2, $($g,)* 1>(w, a, t0, out, os),
-                2 => $k::<Avx2, $($g,)* 2>(w, a, t0, out, os),
-                3 => $k::<Avx2, $($g,)* 3>(w, a, t0, out, os),
-                _ => $k::<Avx2, $($g,)* 4>(w, a, t0, out, os),
+                $($n => entry!(@call Avx2, $k, $gen, $n, (w, a, t0, out, os)),)*
+                _ => entry!(@call Avx2, $k, $gen, $tile, (w, a, t0, out, os)),
             }
         }
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         unsafe fn avx512(w: &[u8], a: &Acts, t0: usize, nt: usize, out: *mut f32, os: usize) {
             match nt {
-                1 => $k::<Vnni, $($g,)* 1>(w, a, t0, out, os),
-                2 => $k::<Vnni, $($g,)* 2>(w, a, t0, out, os),
-                3 => $k::<Vnni, $($g,)* 3>(w, a, t0, out, os),
-                _ => $k::<Vnni, $($g,)* 4>(w, a, t0, out, os),
+                $($n => entry!(@call Vnni, $k, $gen, $n, (w, a, t0, out, os)),)*
+                _ => entry!(@call Vnni, $k, $gen, $tile, (w, a, t0, out, os)),
             }
         }
-        if $level >= SimdLevel::Avx512 {
+        let run = if $level >= SimdLevel::Avx512 {
             avx512 as RowKernel
         } else {
             avx2 as RowKernel
-        }
+        };
+        (run, $tile)
     }};
 }
 
-/// The kernel for `ty` at `level` (Avx2 or Avx512; every supported type has both).
-pub(super) fn row_kernel(ty: GgmlType, level: SimdLevel) -> Option<RowKernel> {
+/// The kernel for `ty` on `route` at `level` (Avx2 or Avx512; every supported type has both)
+/// and its tile.
+pub(super) fn row_kernel(
+    ty: GgmlType,
+    route: Route,
+    level: SimdLevel,
+) -> Option<(RowKernel, usize)> {
     use float::{float_rows, Bf16, F16, F32};
-    use kquants::{kquant_rows, Q2K, Q3K, Q4K, Q5K, Q6K};
+    use kquants::{kquant_rows, Q2K, Q3K, Q4K, Q5K, Q6K, REPACKED, TILED, VEC_DOT};
     use legacy::{legacy_rows, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
     use GgmlType as G;
-    debug_assert_eq!(super::TILE, 4, "entry! instantiates tiles 1..=4");
+    debug_assert_eq!(super::TILE, 8, "entry! instantiates tiles up to 8");
+    macro_rules! kq {
+        ($k:ty) => {
+            match route {
+                Route::VecDot => entry!(level, kquant_rows, $k, { VEC_DOT }),
+                Route::Tiled => entry!(level, kquant_rows, $k, { TILED }),
+                Route::Repacked => entry!(8; level, kquant_rows, $k, { REPACKED }),
+            }
+        };
+    }
     Some(match ty {
-        G::Q4_0 => entry!(level, legacy_rows, Q4_0),
-        G::Q4_1 => entry!(level, legacy_rows, Q4_1),
-        G::Q5_0 => entry!(level, legacy_rows, Q5_0),
-        G::Q5_1 => entry!(level, legacy_rows, Q5_1),
-        G::Q8_0 => entry!(level, legacy_rows, Q8_0),
-        G::Q2_K => entry!(level, kquant_rows, Q2K),
-        G::Q3_K => entry!(level, kquant_rows, Q3K),
-        G::Q4_K => entry!(level, kquant_rows, Q4K),
-        G::Q5_K => entry!(level, kquant_rows, Q5K),
-        G::Q6_K => entry!(level, kquant_rows, Q6K),
+        G::Q4_0 if route == Route::Repacked => entry!(8; level, legacy_rows, Q4_0, true),
+        G::Q4_0 => entry!(8; level, legacy_rows, Q4_0, false),
+        G::Q4_1 => entry!(8; level, legacy_rows, Q4_1, false),
+        G::Q5_0 => entry!(8; level, legacy_rows, Q5_0, false),
+        G::Q5_1 => entry!(8; level, legacy_rows, Q5_1, false),
+        G::Q8_0 => entry!(8; level, legacy_rows, Q8_0, false),
+        G::Q2_K => kq!(Q2K),
+        G::Q3_K => kq!(Q3K),
+        G::Q4_K => kq!(Q4K),
+        G::Q5_K => kq!(Q5K),
+        G::Q6_K => kq!(Q6K),
         G::F32 => entry!(level, float_rows, F32),
         G::F16 => entry!(level, float_rows, F16),
         G::BF16 => entry!(level, float_rows, Bf16),
