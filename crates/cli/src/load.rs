@@ -80,9 +80,12 @@ pub fn load_cpu(args: &ContextArgs, n_seqs: usize) -> Result<Loaded<CpuBackend>>
 
 pub fn load<B: Backend>(backend: B, args: &ContextArgs, n_seqs: usize) -> Result<Loaded<B>> {
     let path = resolve_model(args.model.as_deref())?;
-    let file = Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
-    let spec = kestrel_model::spec_from_gguf(&file).with_context(|| format!("loading {}", path.display()))?;
-    let tok = Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    let file =
+        Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
+    let spec = kestrel_model::spec_from_gguf(&file)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let tok = Tokenizer::from_gguf(&file)
+        .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
     let n_ctx = args.ctx.unwrap_or(spec.n_ctx_train.min(4096)).max(16);
     let config = EngineConfig {
         n_ctx,
@@ -99,8 +102,10 @@ pub fn load<B: Backend>(backend: B, args: &ContextArgs, n_seqs: usize) -> Result
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
     );
-    let engine = Engine::load(backend, spec, &file, config, &mut |done, _| bar.set_position(done))
-        .with_context(|| format!("loading {}", path.display()))?;
+    let engine = Engine::load(backend, spec, &file, config, &mut |done, _| {
+        bar.set_position(done)
+    })
+    .with_context(|| format!("loading {}", path.display()))?;
     bar.finish_and_clear();
     Ok(Loaded {
         engine,

@@ -48,9 +48,12 @@ impl<'a> Hparams<'a> {
         if let Some(x) = v.as_u64() {
             return Ok(Some(vec![x as usize; n_layer]));
         }
-        let arr = v
-            .as_array()
-            .ok_or_else(|| bad(format!("expected an integer or an array, got {}", v.type_name())))?;
+        let arr = v.as_array().ok_or_else(|| {
+            bad(format!(
+                "expected an integer or an array, got {}",
+                v.type_name()
+            ))
+        })?;
         if arr.len() != n_layer {
             return Err(bad(format!("{} entries for {n_layer} layers", arr.len())));
         }

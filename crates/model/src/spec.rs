@@ -112,6 +112,9 @@ impl ModelSpec {
     }
     /// Largest sliding window over all layers, or None when any layer is global.
     pub fn max_window(&self) -> Option<usize> {
-        self.layers.iter().map(|l| l.window).try_fold(0, |m, w| w.map(|w| m.max(w)))
+        self.layers
+            .iter()
+            .map(|l| l.window)
+            .try_fold(0, |m, w| w.map(|w| m.max(w)))
     }
 }

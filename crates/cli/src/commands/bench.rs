@@ -14,13 +14,28 @@ pub struct Args {
     #[command(flatten)]
     pub ctx: ContextArgs,
     /// Prompt lengths to test (comma-separated; 0 skips).
-    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
     pub n_prompt: Vec<usize>,
     /// Generation lengths to test (comma-separated; 0 skips).
-    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
     pub n_gen: Vec<usize>,
     /// Context depth already in the cache before each test.
-    #[arg(short = 'd', long = "depth", value_delimiter = ',', default_value = "0")]
+    #[arg(
+        short = 'd',
+        long = "depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
     pub depth: Vec<usize>,
     /// Repetitions per test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
@@ -73,7 +88,11 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
     };
     let mut rows = Vec::new();
     for &depth in &a.depth {
-        let suffix = if depth > 0 { format!(" @ d{depth}") } else { String::new() };
+        let suffix = if depth > 0 {
+            format!(" @ d{depth}")
+        } else {
+            String::new()
+        };
         for &n in a.n_prompt.iter().filter(|&&n| n > 0) {
             let toks = tokens(n);
             let pre = tokens(depth);
@@ -83,7 +102,10 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
                 }
                 Ok(n)
             })?;
-            rows.push(Row { test: format!("pp{n}{suffix}"), tps });
+            rows.push(Row {
+                test: format!("pp{n}{suffix}"),
+                tps,
+            });
         }
         for &n in a.n_gen.iter().filter(|&&n| n > 0) {
             let toks = tokens(n);
@@ -94,12 +116,19 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
                 }
                 Ok(n)
             })?;
-            rows.push(Row { test: format!("tg{n}{suffix}"), tps });
+            rows.push(Row {
+                test: format!("tg{n}{suffix}"),
+                tps,
+            });
         }
     }
     let size_gib = m.file.data_bytes() as f64 / (1u64 << 30) as f64;
     let params: u64 = m.file.tensors.iter().map(|t| t.n_elements()).sum();
-    let model = m.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let model = m
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let backend = m.engine.backend.name();
     if a.json {
         let out: Vec<_> = rows
@@ -128,7 +157,12 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
 
 /// One forward pass over `toks`. The step returns the greedy token of its last row (what
 /// `kestrel run --temp 0` asks for: on a GPU the argmax runs there and 4 bytes come back).
-fn run_chunk<B: Backend>(e: &mut Engine<B>, seq: usize, toks: &[u32], last_logits: bool) -> Result<()> {
+fn run_chunk<B: Backend>(
+    e: &mut Engine<B>,
+    seq: usize,
+    toks: &[u32],
+    last_logits: bool,
+) -> Result<()> {
     let entries: Vec<BatchEntry> = toks
         .iter()
         .enumerate()

@@ -66,7 +66,10 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
     // Tokens currently in the KV cache for `seq`.
     let mut cached: Vec<u32> = Vec::new();
     let sampler = a.sampling.params();
-    eprintln!("chatting with {} — empty line or Ctrl-D quits, Ctrl-C stops a reply", m.path.display());
+    eprintln!(
+        "chatting with {} — empty line or Ctrl-D quits, Ctrl-C stops a reply",
+        m.path.display()
+    );
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     loop {
@@ -99,11 +102,18 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
         };
         interrupted.store(false, Ordering::SeqCst);
         generating.store(true, Ordering::SeqCst);
-        let g = generate(&mut m.engine, &m.tok, seq, &ids[keep..], &params, &mut |piece| {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-            !interrupted.load(Ordering::SeqCst)
-        });
+        let g = generate(
+            &mut m.engine,
+            &m.tok,
+            seq,
+            &ids[keep..],
+            &params,
+            &mut |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+                !interrupted.load(Ordering::SeqCst)
+            },
+        );
         generating.store(false, Ordering::SeqCst);
         let g = g?;
         println!();

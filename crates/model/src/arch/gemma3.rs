@@ -35,7 +35,14 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
     let layers = (0..c.n_layer)
         .map(|i| {
             let sliding = window.is_some() && period > 0 && i % period < period - 1;
-            let mut l = c.layer(i, if sliding { swa_rope.clone() } else { global_rope.clone() });
+            let mut l = c.layer(
+                i,
+                if sliding {
+                    swa_rope.clone()
+                } else {
+                    global_rope.clone()
+                },
+            );
             l.window = if sliding { window } else { None };
             l.qk_norm = true;
             l.sandwich_norms = true;

@@ -120,7 +120,10 @@ impl Common {
 }
 
 fn missing(hp: &Hparams, k: &str) -> ModelError {
-    ModelError::Gguf(kestrel_gguf::GgufError::MissingKey(format!("{}.{}", hp.arch, k)))
+    ModelError::Gguf(kestrel_gguf::GgufError::MissingKey(format!(
+        "{}.{}",
+        hp.arch, k
+    )))
 }
 
 /// Linear RoPE scaling factor → position multiplier.
