@@ -152,28 +152,10 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [u8], sign: Q8kSign) {
                 vmax = v;
             }
         }
-        if amax == 0.0 {
-            b.fill(0);
-            continue;
-        }
-        if sign == Q8kSign::PreferPositive && xb.contains(&amax) {
+        if amax != 0.0 && sign == Q8kSign::PreferPositive && xb.contains(&amax) {
             vmax = amax;
         }
-        let iscale = -127.0 / vmax;
-        let (qs, bsums) = b[4..].split_at_mut(256);
-        for (q, &v) in qs.iter_mut().zip(xb) {
-            // nearest_int (ties to even), min(127); the lower clamp only matters when iscale
-            // overflowed to infinity.
-            *q = (iscale * v).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
-        }
-        for (k, o) in bsums.chunks_exact_mut(2).enumerate() {
-            let s: i16 = qs[16 * k..16 * k + 16]
-                .iter()
-                .map(|&q| q as i8 as i16)
-                .sum();
-            o.copy_from_slice(&s.to_le_bytes());
-        }
-        b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        kestrel_gguf::quant::encode_q8_k_block(xb, vmax, b);
     }
 }
 

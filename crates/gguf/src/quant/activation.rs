@@ -86,24 +86,41 @@ pub fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
                 vmax = v;
             }
         }
-        if amax == 0.0 {
-            b.fill(0);
-            continue;
-        }
-        let iscale = -127.0 / vmax;
-        let (qs, bsums) = b[4..].split_at_mut(256);
-        for (q, &v) in qs.iter_mut().zip(x) {
-            // nearest_int: ties to even; min(127) per the reference, and the lower clamp only
-            // matters when iscale overflowed to infinity.
-            *q = (iscale * v).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
-        }
-        for (k, out) in bsums.chunks_exact_mut(2).enumerate() {
-            let s: i16 = qs[16 * k..16 * k + 16]
-                .iter()
-                .map(|&q| q as i8 as i16)
-                .sum();
-            out.copy_from_slice(&s.to_le_bytes());
-        }
-        b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        encode_q8_k_block(x, vmax, b);
     }
+}
+
+/// One 256-value Q8_K block (292 bytes) whose scale is anchored on `vmax` (mapped to -127):
+/// codes round ties-to-even, `d = 1/iscale` in f32, per-16 `bsums`. `vmax == 0` (an all-zero
+/// block) gives an all-zero block. The reference picks `vmax` as the first largest-magnitude
+/// element; other quantizers (llama.cpp's repacked paths) anchor on another but encode the same way.
+///
+/// # Panics
+/// If `x` is not 256 values or `b` not 292 bytes.
+pub fn encode_q8_k_block(x: &[f32], vmax: f32, b: &mut [u8]) {
+    assert!(
+        x.len() == QK_K && b.len() == 292,
+        "Q8_K block: {} values, {} bytes",
+        x.len(),
+        b.len()
+    );
+    if vmax == 0.0 {
+        b.fill(0);
+        return;
+    }
+    let iscale = -127.0 / vmax;
+    let (qs, bsums) = b[4..].split_at_mut(256);
+    for (q, &v) in qs.iter_mut().zip(x) {
+        // nearest_int: ties to even; min(127) per the reference, and the lower clamp only
+        // matters when iscale overflowed to infinity.
+        *q = (iscale * v).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
+    }
+    for (k, out) in bsums.chunks_exact_mut(2).enumerate() {
+        let s: i16 = qs[16 * k..16 * k + 16]
+            .iter()
+            .map(|&q| q as i8 as i16)
+            .sum();
+        out.copy_from_slice(&s.to_le_bytes());
+    }
+    b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
 }

@@ -15,7 +15,7 @@ mod float;
 mod kquants;
 mod legacy;
 
-pub use activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
+pub use activation::{encode_q8_k_block, quantize_q8_0, quantize_q8_1, quantize_q8_k};
 pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 pub use kquants::{k4_scale_min, q3k_scale};
 pub use legacy::{legacy_code5, legacy_nibble};
