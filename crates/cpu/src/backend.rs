@@ -1,9 +1,9 @@
 //! `Backend` for the host: weights stay zero-copy in the GGUF mapping, activations are `Vec<f32>`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::bail;
-use kestrel_engine::{AttnGeom, Backend, StepInfo, WeightRef, KV_BLOCK};
+use kestrel_engine::{AttnGeom, Backend, Chunk, StepInfo, WeightRef, KV_BLOCK};
 use kestrel_gguf::{GgmlType, GgufFile};
 use kestrel_model::{FfnKind, RopeSpec};
 use rayon::prelude::*;
@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::ops::act::{gated, gelu, gelu_tanh_exact, silu};
 use crate::ops::attention::{attention, attention_exact, AttnRows, Geometry, KvPool};
 use crate::ops::elementwise;
-use crate::ops::matmul::{dequantize_rows, matmul, WeightMatrix};
+use crate::ops::matmul::{dequantize_rows, matmul_chunked, WeightMatrix};
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::{rope_row, Rope};
 
@@ -31,6 +31,9 @@ pub enum Precision {
 
 pub struct CpuBackend {
     precision: Precision,
+    /// The current step's token chunks, for `matmul` (whose arguments don't include the step):
+    /// the kernel route of each token follows its chunk (`matmul_chunked`).
+    chunks: Mutex<Vec<Chunk>>,
 }
 
 impl CpuBackend {
@@ -44,7 +47,10 @@ impl CpuBackend {
     }
 
     pub fn with_precision(precision: Precision) -> Self {
-        CpuBackend { precision }
+        CpuBackend {
+            precision,
+            chunks: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn precision(&self) -> Precision {
@@ -138,6 +144,7 @@ impl Backend for CpuBackend {
     }
 
     fn begin_step(&self, step: &StepInfo) -> CpuStep {
+        *self.chunks.lock().unwrap_or_else(|e| e.into_inner()) = step.chunks.clone();
         CpuStep { info: step.clone() }
     }
 
@@ -164,7 +171,15 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuWeight, x: &CpuTensor, out: &mut CpuTensor) {
-        matmul(&w.matrix(), &x.data, x.rows, &mut out.data);
+        let chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+        if x.rows == chunks.len() {
+            matmul_chunked(&w.matrix(), &x.data, &chunks, &mut out.data);
+        } else {
+            // Not the step's token rows (the logit rows, one per sequence; or no step yet):
+            // each row is computed as if alone, as a decode token is.
+            let single = vec![Chunk::SINGLE; x.rows];
+            matmul_chunked(&w.matrix(), &x.data, &single, &mut out.data);
+        }
     }
 
     fn add_bias(&self, x: &mut CpuTensor, bias: &CpuWeight) {

@@ -512,3 +512,67 @@ fn unsupported_type_panics() {
     };
     matmul(&m, &[0.0; 32], 1, &mut [0.0]);
 }
+
+/// Each token of a chunked call gets the bits of its chunk run alone, whatever route its
+/// neighbours take: chunks of every size class (decode, GEMV remainder, repacked GEMM, tiled),
+/// a chunk only partly in the call (a prompt split over steps), interleaved.
+#[test]
+fn chunked_matmul_gives_each_token_its_lone_chunk_bits() {
+    use kestrel_cpu::ops::matmul::matmul_chunked;
+    use kestrel_engine::Chunk;
+    let mut rng = StdRng::seed_from_u64(0xc4);
+    // (chunk length, indices present in the call)
+    let plan: &[(u32, &[u32])] = &[
+        (1, &[0]),
+        (13, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+        (1, &[0]),
+        (9, &[2, 3, 4, 8]),
+        (3, &[0, 1, 2]),
+        (6, &[1, 4, 5]),
+        (1, &[0]),
+    ];
+    let chunks: Vec<Chunk> = plan
+        .iter()
+        .flat_map(|&(len, idx)| idx.iter().map(move |&index| Chunk { len, index }))
+        .collect();
+    let n = chunks.len();
+    for ty in [Q4_0, Q4_K, Q6_K, Q8_0, Q5_K, Q2_K, F16] {
+        for rows in [16, 20] {
+            let cols = 256;
+            let wb = random_weights(ty, rows, cols, &mut rng);
+            let w = WeightMatrix {
+                ty,
+                data: &wb,
+                rows,
+                cols,
+            };
+            // Each chunk's full activations; the call takes the rows `plan` names.
+            let full: Vec<Vec<f32>> = plan
+                .iter()
+                .map(|&(len, _)| random_acts(len as usize * cols, &mut rng))
+                .collect();
+            let mut x = Vec::new();
+            for (&(_, idx), a) in plan.iter().zip(&full) {
+                for &i in idx {
+                    x.extend_from_slice(&a[i as usize * cols..(i as usize + 1) * cols]);
+                }
+            }
+            let mut got = vec![f32::NAN; n * rows];
+            matmul_chunked(&w, &x, &chunks, &mut got);
+            let mut t = 0;
+            for (&(len, idx), a) in plan.iter().zip(&full) {
+                let mut alone = vec![f32::NAN; len as usize * rows];
+                matmul(&w, a, len as usize, &mut alone);
+                for &i in idx {
+                    let i = i as usize;
+                    assert_bits(
+                        &format!("{ty} rows {rows}, chunk of {len}, token {i}"),
+                        &got[t * rows..(t + 1) * rows],
+                        &alone[i * rows..(i + 1) * rows],
+                    );
+                    t += 1;
+                }
+            }
+        }
+    }
+}

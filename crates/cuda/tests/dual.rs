@@ -236,6 +236,7 @@ fn every_op_matches_inside_whole_models() {
                 seq: s,
                 token,
                 logits: i + 1 == prompt.len(),
+                chunk: None,
             })
             .collect();
         e.step(&entries).expect("prefill");
@@ -244,6 +245,7 @@ fn every_op_matches_inside_whole_models() {
                 seq: s,
                 token: t,
                 logits: true,
+                chunk: None,
             }])
             .expect("decode");
         }
@@ -254,12 +256,14 @@ fn every_op_matches_inside_whole_models() {
                 seq: s2,
                 token: 11 + i,
                 logits: i == 4,
+                chunk: None,
             })
             .collect();
         mixed.push(BatchEntry {
             seq: s,
             token: 7,
             logits: true,
+            chunk: None,
         });
         e.step(&mixed).expect("mixed step");
         e.step(&[
@@ -267,11 +271,13 @@ fn every_op_matches_inside_whole_models() {
                 seq: s2,
                 token: 1,
                 logits: true,
+                chunk: None,
             },
             BatchEntry {
                 seq: s,
                 token: 2,
                 logits: true,
+                chunk: None,
             },
         ])
         .expect("batched decode");

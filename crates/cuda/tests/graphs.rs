@@ -45,6 +45,7 @@ fn decode_logits(
                 seq: s,
                 token: tok(k, i),
                 logits: i + 1 == prompt_len,
+                chunk: None,
             })
             .collect();
         e.step(&entries).expect("prefill");
@@ -58,6 +59,7 @@ fn decode_logits(
                 seq: s,
                 token: tok(k + 100, i),
                 logits: true,
+                chunk: None,
             })
             .collect();
         out.push(e.step(&entries).expect("decode"));
@@ -161,6 +163,7 @@ fn decode_speed_report() {
                     seq: s,
                     token: ((k * 31 + i * 17) % vocab) as u32,
                     logits: i + 1 == prompt,
+                    chunk: None,
                 })
             })
             .collect();
@@ -178,6 +181,7 @@ fn decode_speed_report() {
                             seq,
                             token,
                             logits: true,
+                            chunk: None,
                         })
                         .collect();
                     toks = e.step_argmax(&entries).expect("decode");

@@ -106,6 +106,7 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
                     seq,
                     token,
                     logits: i + 1 == prompt.len(),
+                    chunk: None,
                 })
                 .collect()
         };
@@ -151,6 +152,7 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
                     seq: sc,
                     token: tc,
                     logits: true,
+                    chunk: None,
                 }])
                 .expect("CPU step")
                 .remove(0);
@@ -161,6 +163,7 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
                     seq: sg,
                     token: tc,
                     logits: true,
+                    chunk: None,
                 }])
                 .expect("GPU step")
                 .remove(0);
@@ -177,6 +180,7 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
             seq: sc,
             token: t,
             logits: true,
+            chunk: None,
         })
         .collect();
     let eg: Vec<BatchEntry> = seqs
@@ -185,6 +189,7 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
             seq: sg,
             token: t,
             logits: true,
+            chunk: None,
         })
         .collect();
     let (lc, lg) = (

@@ -67,6 +67,7 @@ fn simple_step(tokens: Vec<u32>) -> StepInfo {
         block_tables: vec![(0..n.div_ceil(16) as u32).collect()],
         logit_rows: vec![n as u32 - 1],
         tokens,
+        ..Default::default()
     }
 }
 
@@ -504,6 +505,7 @@ fn attention_steps() -> (StepInfo, StepInfo) {
         seq_index: vec![0; 20],
         block_tables: vec![table_b.clone()],
         logit_rows: vec![19],
+        ..Default::default()
     };
     let mut s2 = StepInfo::default();
     for p in 0..37 {
@@ -1204,6 +1206,7 @@ fn decode_ops_report() {
             seq_index: vec![0],
             block_tables: vec![blocks],
             logit_rows: vec![0],
+            ..Default::default()
         };
         let s = g.begin_step(&st);
         let k = gpu_in(&g, 1, kv_dim, &normals(&mut r, kv_dim, 1.0));

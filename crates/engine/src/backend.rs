@@ -39,6 +39,38 @@ pub struct StepInfo {
     pub block_tables: Vec<Vec<u32>>,
     /// Rows (token indices) whose logits are wanted, in output order.
     pub logit_rows: Vec<u32>,
+    /// Per token: the prefill chunk it belongs to (see [`Chunk`]).
+    pub chunks: Vec<Chunk>,
+}
+
+/// The batch a token is computed as part of, for backends whose kernel choice — and so its
+/// rounding — depends on how many tokens a matmul holds (the CPU backend follows llama.cpp's,
+/// which does). A backend computes each token as if its chunk ran alone, whatever else shares
+/// the step, so a sequence's numbers do not depend on its neighbours: the server's answers equal
+/// a lone run's, and a sequence recomputed after preemption gets back the same K/V.
+/// Token `index` of a chunk of `len` tokens; a decode token is `Chunk::SINGLE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Chunk {
+    pub len: u32,
+    pub index: u32,
+}
+
+impl Chunk {
+    pub const SINGLE: Chunk = Chunk { len: 1, index: 0 };
+
+    /// Token `pos` of a prompt of `prompt_len` tokens prefilled in chunks of `ubatch` from
+    /// position 0; positions at or past the prompt are decode tokens.
+    pub fn of_prompt(pos: usize, prompt_len: usize, ubatch: usize) -> Chunk {
+        if pos >= prompt_len {
+            return Chunk::SINGLE;
+        }
+        let ubatch = ubatch.max(1);
+        let start = pos / ubatch * ubatch;
+        Chunk {
+            len: (prompt_len - start).min(ubatch) as u32,
+            index: (pos - start) as u32,
+        }
+    }
 }
 
 pub const KV_BLOCK: usize = 16;

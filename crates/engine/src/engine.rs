@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kestrel_gguf::GgufFile;
 use kestrel_model::ModelSpec;
 
-use crate::backend::{Backend, StepInfo, KV_BLOCK};
+use crate::backend::{Backend, Chunk, StepInfo, KV_BLOCK};
 use crate::forward::forward;
 use crate::kv::{BlockPool, SeqCache};
 use crate::weights::{self, Weights};
@@ -39,6 +39,9 @@ pub struct BatchEntry {
     pub seq: SeqId,
     pub token: u32,
     pub logits: bool,
+    /// The chunk this token is computed as part of; `None`: its sequence's run of consecutive
+    /// entries in this step.
+    pub chunk: Option<Chunk>,
 }
 
 pub struct Engine<B: Backend> {
@@ -196,6 +199,7 @@ impl<B: Backend> Engine<B> {
             info.tokens.push(0);
             info.positions.push(0);
             info.slots.push(scratch * KV_BLOCK as u32);
+            info.chunks.push(Chunk::SINGLE);
             info.seq_index.push(info.block_tables.len() as u32);
             info.block_tables.push(vec![scratch]);
         }
@@ -262,10 +266,29 @@ impl<B: Backend> Engine<B> {
                 info.logit_rows.push(i as u32);
             }
         }
+        info.chunks = run_chunks(entries);
         info.block_tables = order
             .iter()
             .map(|&s| self.seqs[s].as_ref().expect("checked").blocks.clone())
             .collect();
         Ok(info)
     }
+}
+
+/// Each entry's chunk: its own, or its place in its sequence's run of consecutive entries.
+fn run_chunks(entries: &[BatchEntry]) -> Vec<Chunk> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut i = 0;
+    while i < entries.len() {
+        let seq = entries[i].seq;
+        let len = entries[i..].iter().take_while(|e| e.seq == seq).count();
+        for (j, e) in entries[i..i + len].iter().enumerate() {
+            out.push(e.chunk.unwrap_or(Chunk {
+                len: len as u32,
+                index: j as u32,
+            }));
+        }
+        i += len;
+    }
+    out
 }

@@ -120,6 +120,7 @@ pub fn generate<B: Backend>(
                 seq,
                 token,
                 logits: last_chunk && i + 1 == chunk.len(),
+                chunk: None,
             })
             .collect();
         if argmax_only {
@@ -192,6 +193,7 @@ pub fn generate<B: Backend>(
             seq,
             token,
             logits: true,
+            chunk: None,
         }];
         if argmax_only {
             picked = engine.step_argmax(&entry)?.pop();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use kestrel_tokenizer::{StreamDecoder, Tokenizer};
 
-use crate::backend::{Backend, KV_BLOCK};
+use crate::backend::{Backend, Chunk, KV_BLOCK};
 use crate::engine::{BatchEntry, Engine, SeqId};
 use crate::generate::{FinishReason, StepLogprobs};
 use crate::sampler::{logprob_of, top_logprobs, Sampler, SamplerParams};
@@ -40,6 +40,10 @@ pub struct SchedulerConfig {
     pub max_running: usize,
     /// Most tokens in one step (decodes plus prefill chunks); raised to `max_running` if lower.
     pub token_budget: usize,
+    /// The prompt chunk size the numbers follow: each prompt token is computed as part of its
+    /// `ubatch`-token chunk ([`Chunk::of_prompt`]) however the token budget splits the prompt
+    /// over steps, so a request's output equals `generate` with the same `ubatch` alone.
+    pub ubatch: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +51,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             max_running: 4,
             token_budget: 512,
+            ubatch: 512,
         }
     }
 }
@@ -175,6 +180,7 @@ impl<'t, B: Backend> Scheduler<'t, B> {
         let config = SchedulerConfig {
             max_running: config.max_running.max(1),
             token_budget: config.token_budget.max(config.max_running).max(1),
+            ubatch: config.ubatch.max(1),
         };
         Scheduler {
             engine,
@@ -412,6 +418,7 @@ impl<'t, B: Backend> Scheduler<'t, B> {
         }
 
         let mut entries = Vec::new();
+        let ubatch = self.config.ubatch;
         for &(i, n) in &plan {
             let r = &self.running[i];
             let seq = r.seq.expect("running requests hold a sequence");
@@ -425,6 +432,8 @@ impl<'t, B: Backend> Scheduler<'t, B> {
                         seq,
                         token,
                         logits: last && j + 1 == n,
+                        // Recomputed generated tokens are decode tokens again.
+                        chunk: Some(Chunk::of_prompt(start + j, r.n_prompt, ubatch)),
                     }),
             );
             if n == 1 && start >= r.n_prompt {

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Tokens per engine step (decodes plus prefill chunks).
     pub token_budget: usize,
+    /// Prompt chunk size the arithmetic follows (`SchedulerConfig::ubatch`); equal to
+    /// `kestrel run --ubatch` for the same answers.
+    pub ubatch: usize,
     /// Largest request body in bytes (413 above).
     pub body_limit: usize,
     /// A request still generating after this long is cancelled.
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             parallel: 4,
             max_queue: 64,
             token_budget: 512,
+            ubatch: 512,
             body_limit: 1 << 20,
             timeout: Duration::from_secs(600),
             model_id: "default".into(),
@@ -138,6 +142,7 @@ where
     let sched_config = SchedulerConfig {
         max_running: config.parallel.max(1),
         token_budget: config.token_budget,
+        ubatch: config.ubatch,
     };
     let engine_metrics = metrics.clone();
     let engine = std::thread::Builder::new()

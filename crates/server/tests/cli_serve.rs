@@ -46,7 +46,6 @@ impl Drop for Server {
 }
 
 #[test]
-#[ignore = "batch invariance broke when the CPU kernels started following llama.cpp, whose arithmetic depends on how many tokens a matmul call holds; pending per-sequence kernel routing (see the issue note)"]
 fn kestrel_serve_matches_kestrel_run() {
     let Some(model) = common::model_path() else {
         return;

@@ -104,7 +104,6 @@ fn stream(base: &str, i: usize) -> Streamed {
 }
 
 #[test]
-#[ignore = "batch invariance broke when the CPU kernels started following llama.cpp, whose arithmetic depends on how many tokens a matmul call holds; pending per-sequence kernel routing (see the issue note)"]
 fn simultaneous_greedy_streams_match_their_solo_runs() {
     let config = ServerConfig {
         parallel: CONCURRENT,

@@ -100,7 +100,6 @@ fn drain<B: kestrel_engine::Backend>(
 }
 
 #[test]
-#[ignore = "batch invariance broke when the CPU kernels started following llama.cpp, whose arithmetic depends on how many tokens a matmul call holds; pending per-sequence kernel routing (see the issue note)"]
 fn batched_greedy_equals_generate_alone() {
     let Some(path) = common::model_path() else {
         return;
@@ -135,6 +134,7 @@ fn batched_greedy_equals_generate_alone() {
             SchedulerConfig {
                 max_running: 8,
                 token_budget: budget,
+                ubatch: 512,
             },
         );
         // Staggered arrivals: some requests join while others are mid-generation.
@@ -171,7 +171,6 @@ fn batched_greedy_equals_generate_alone() {
 }
 
 #[test]
-#[ignore = "batch invariance broke when the CPU kernels started following llama.cpp, whose arithmetic depends on how many tokens a matmul call holds; pending per-sequence kernel routing (see the issue note)"]
 fn preemption_recomputes_to_the_same_tokens() {
     let Some(path) = common::model_path() else {
         return;
@@ -196,6 +195,7 @@ fn preemption_recomputes_to_the_same_tokens() {
         SchedulerConfig {
             max_running: 4,
             token_budget: 64,
+            ubatch: 512,
         },
     );
     for (i, p) in prompts.iter().enumerate() {

@@ -170,6 +170,7 @@ fn run_chunk<B: Backend>(
             seq,
             token,
             logits: last_logits && i + 1 == toks.len(),
+            chunk: None,
         })
         .collect();
     e.step_argmax(&entries)?;

@@ -29,6 +29,10 @@ pub struct Args {
     /// Tokens per engine step (decodes plus chunks of prompts).
     #[arg(long, default_value_t = 512)]
     pub batch_tokens: usize,
+    /// Prompt chunk size the arithmetic follows: a request's answer equals `kestrel run` with
+    /// the same `--ubatch`, however prompts share steps.
+    #[arg(long, default_value_t = 512)]
+    pub ubatch: usize,
     /// Seconds a request may take before it is cancelled.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -66,6 +70,7 @@ pub fn run(a: Args) -> Result<()> {
         parallel,
         max_queue: a.queue,
         token_budget: a.batch_tokens,
+        ubatch: a.ubatch,
         body_limit: a.body_limit,
         timeout: Duration::from_secs(a.timeout.max(1)),
         model_id: model_id.clone(),

@@ -16,7 +16,9 @@ use kestrel_gguf::quant::dequantize_row;
 use kestrel_gguf::GgmlType;
 use rayon::prelude::*;
 
-use crate::quant_dot::{self, ActFormat, Acts, Layout, SimdLevel};
+use kestrel_engine::Chunk;
+
+use crate::quant_dot::{self, ActFormat, Acts, Layout, Route, SimdLevel};
 
 /// A 2-D GGUF tensor: ggml shape `[cols (ne0, contiguous), rows (ne1)]`, rows packed back to
 /// back in the type's block format.
@@ -72,9 +74,20 @@ pub fn matmul_with(
     n_tokens: usize,
     out: &mut [f32],
 ) {
+    check_shapes(w, x, n_tokens, out);
+    if w.rows == 0 || n_tokens == 0 {
+        return;
+    }
+    let route = quant_dot::route(w.ty, w.rows, n_tokens);
+    let n_x4 = quant_dot::gemm_tokens(route, n_tokens);
+    matmul_on_route(level, w, x, n_tokens, route, n_x4, out);
+}
+
+fn check_shapes(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &[f32]) {
     let (rows, cols) = (w.rows, w.cols);
-    let fmt = ActFormat::for_weight(w.ty)
-        .unwrap_or_else(|| panic!("matmul: weight type {} is not supported", w.ty));
+    if !supports(w.ty) {
+        panic!("matmul: weight type {} is not supported", w.ty);
+    }
     let rb = w.row_bytes();
     assert!(
         w.data.len() >= rows * rb,
@@ -93,10 +106,22 @@ pub fn matmul_with(
         "matmul: out has {} values < {n_tokens} × {rows}",
         out.len()
     );
-    if rows == 0 || n_tokens == 0 {
-        return;
-    }
-    let route = quant_dot::route(w.ty, rows, n_tokens);
+}
+
+/// The body of [`matmul_with`] on a given route, tokens `0..n_x4` through its GEMM (shapes
+/// already checked).
+fn matmul_on_route(
+    level: SimdLevel,
+    w: &WeightMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    route: Route,
+    n_x4: usize,
+    out: &mut [f32],
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    let fmt = ActFormat::for_weight(w.ty).expect("checked by the caller");
+    let rb = w.row_bytes();
     let kernel = quant_dot::row_kernel(w.ty, route, level).expect("supported type");
     let level = kernel.level;
     let layout = if level == SimdLevel::Scalar {
@@ -104,7 +129,6 @@ pub fn matmul_with(
     } else {
         Layout::Planes
     };
-    let n_x4 = quant_dot::gemm_tokens(route, n_tokens);
     let codes = quant_dot::codes_for(w.ty, level, n_tokens);
     let acts = Acts::build(fmt, x, n_tokens, cols, layout, n_x4, codes);
 
@@ -132,6 +156,61 @@ pub fn matmul_with(
         (0..n_tasks).for_each(task);
     } else {
         (0..n_tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// [`matmul`] over tokens that belong to chunks (`chunks[t]` for token `t`): every token gets
+/// exactly the bits it would get if its chunk ran alone (llama.cpp's kernel route, and so the
+/// rounding, depends on the tokens per call: [`quant_dot::route`], [`quant_dot::gemm_tokens`]),
+/// whatever else shares the call. Tokens are grouped by the route their chunk takes and each
+/// group runs as one call, so a step of many decodes still reads each weight once.
+pub fn matmul_chunked(w: &WeightMatrix, x: &[f32], chunks: &[Chunk], out: &mut [f32]) {
+    let (rows, cols, n) = (w.rows, w.cols, chunks.len());
+    check_shapes(w, x, n, out);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    // (route, through the GEMM) of each token.
+    let mode = |c: &Chunk| {
+        let len = c.len as usize;
+        let route = quant_dot::route(w.ty, rows, len);
+        (
+            route,
+            (c.index as usize) < quant_dot::gemm_tokens(route, len),
+        )
+    };
+    let modes: Vec<(Route, bool)> = chunks.iter().map(mode).collect();
+    let mut kinds: Vec<(Route, bool)> = Vec::new();
+    for m in &modes {
+        if !kinds.contains(m) {
+            kinds.push(*m);
+        }
+    }
+    let level = quant_dot::selected();
+    if let [(route, gemm)] = kinds[..] {
+        if !gemm || n.is_multiple_of(4) {
+            return matmul_on_route(level, w, x, n, route, if gemm { n } else { 0 }, out);
+        }
+    }
+    for (route, gemm) in kinds {
+        let members: Vec<usize> = (0..n).filter(|&t| modes[t] == (route, gemm)).collect();
+        // The GEMM takes tokens four at a time: pad with copies of a member (their results
+        // are dropped; every token's result depends on its own row only).
+        let m = if gemm {
+            members.len().next_multiple_of(4)
+        } else {
+            members.len()
+        };
+        let mut xg = Vec::with_capacity(m * cols);
+        for i in 0..m {
+            let t = members[i.min(members.len() - 1)];
+            xg.extend_from_slice(&x[t * cols..(t + 1) * cols]);
+        }
+        let mut og = vec![0f32; m * rows];
+        matmul_on_route(level, w, &xg, m, route, if gemm { m } else { 0 }, &mut og);
+        for (i, &t) in members.iter().enumerate() {
+            out[t * rows..(t + 1) * rows].copy_from_slice(&og[i * rows..(i + 1) * rows]);
+        }
     }
 }
 

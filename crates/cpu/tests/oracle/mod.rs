@@ -98,6 +98,7 @@ pub fn run<B: Backend>(backend: B, file: &Arc<GgufFile>, prompt: &[u32], n_total
                 seq,
                 token,
                 logits: true,
+                chunk: None,
             })
             .collect()
     };
