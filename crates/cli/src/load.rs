@@ -47,21 +47,27 @@ pub trait OnBackend {
 /// the CUDA backend starts (driver, GPU and NVRTC present), else the CPU with a one-line note;
 /// `cuda` fails when it does not.
 pub fn load_on<F: OnBackend>(args: &ContextArgs, n_seqs: usize, f: F) -> Result<F::Out> {
-    match args.device {
-        Device::Cpu => f.run(load_cpu(args, n_seqs)?),
-        Device::Cuda => {
-            let gpu = CudaBackend::new(0).context("--device cuda")?;
-            f.run(load(gpu, args, n_seqs)?)
-        }
+    match gpu_for(args.device)? {
+        Some(gpu) => f.run(load(gpu, args, n_seqs)?),
+        None => f.run(load_cpu(args, n_seqs)?),
+    }
+}
+
+/// The GPU backend `device` asks for: `cuda` fails when it does not start, `auto` falls back
+/// to the CPU (None) with a one-line note, `cpu` is None.
+pub fn gpu_for(device: Device) -> Result<Option<CudaBackend>> {
+    match device {
+        Device::Cpu => Ok(None),
+        Device::Cuda => Ok(Some(CudaBackend::new(0).context("--device cuda")?)),
         Device::Auto => match CudaBackend::new(0) {
-            Ok(gpu) => f.run(load(gpu, args, n_seqs)?),
+            Ok(gpu) => Ok(Some(gpu)),
             Err(e) => {
                 let why = format!("{e:#}");
                 eprintln!(
                     "kestrel: running on the CPU ({})",
                     why.lines().next().unwrap_or("CUDA unavailable")
                 );
-                f.run(load_cpu(args, n_seqs)?)
+                Ok(None)
             }
         },
     }

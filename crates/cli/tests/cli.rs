@@ -336,3 +336,45 @@ fn pull_list_shows_the_registry() {
     assert!(text.contains("(default)"));
     assert!(!text.contains("downloaded"), "{text}");
 }
+
+/// `kestrel bench --json` reports every requested test, batched decode included, with
+/// positive finite rates (speed itself is measured, not asserted).
+#[test]
+fn bench_reports_single_and_batched_tests() {
+    let Some(path) = model("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let o = kestrel(&[
+        "bench",
+        "-m",
+        path.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-b",
+        "1,3",
+        "--batch-prompt",
+        "8",
+        "--batch-gen",
+        "4",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let tests: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["test"].as_str().unwrap())
+        .collect();
+    assert_eq!(tests, ["pp16", "tg4", "B1 pp8+tg4", "B3 pp8+tg4"]);
+    for r in rows.as_array().unwrap() {
+        let tps = r["tps_mean"].as_f64().unwrap();
+        assert!(tps.is_finite() && tps > 0.0, "{r}");
+    }
+}

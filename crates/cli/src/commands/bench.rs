@@ -37,6 +37,15 @@ pub struct Args {
         default_value = "0"
     )]
     pub depth: Vec<usize>,
+    /// Batched decode: for each count B (comma-separated), B sequences are prefilled with
+    /// `--batch-prompt` tokens each, then decode `--batch-gen` tokens together, one step per
+    /// token for all of them (llama-batched-bench's S_TG: aggregate decode t/s).
+    #[arg(short = 'b', long = "batch", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_prompt: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch_gen: usize,
     /// Repetitions per test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub reps: usize,
@@ -54,14 +63,20 @@ struct Row {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let need = a.depth.iter().max().unwrap_or(&0)
-        + a.n_prompt.iter().chain(&a.n_gen).max().unwrap_or(&0)
-        + 1;
+    let single =
+        a.depth.iter().max().unwrap_or(&0) + a.n_prompt.iter().chain(&a.n_gen).max().unwrap_or(&0);
+    let batched = if a.batch.is_empty() {
+        0
+    } else {
+        a.batch_prompt + a.batch_gen
+    };
+    let need = single.max(batched) + 1;
     let ctx = ContextArgs {
         ctx: Some(a.ctx.ctx.unwrap_or(0).max(need)),
         ..a.ctx.clone()
     };
-    load_on(&ctx, 1, Cmd(a))
+    let n_seqs = a.batch.iter().copied().max().unwrap_or(1).max(1);
+    load_on(&ctx, n_seqs, Cmd(a))
 }
 
 struct Cmd(Args);
@@ -121,6 +136,14 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
                 tps,
             });
         }
+    }
+    for &b in a.batch.iter().filter(|&&b| b > 0) {
+        let prompts: Vec<Vec<u32>> = (0..b).map(|_| tokens(a.batch_prompt)).collect();
+        let tps = measure_batch(&mut m.engine, a.reps, &prompts, a.batch_gen)?;
+        rows.push(Row {
+            test: format!("B{b} pp{}+tg{}", a.batch_prompt, a.batch_gen),
+            tps,
+        });
     }
     let size_gib = m.file.data_bytes() as f64 / (1u64 << 30) as f64;
     let params: u64 = m.file.tensors.iter().map(|t| t.n_elements()).sum();
@@ -197,6 +220,57 @@ fn measure<B: Backend>(
         e.free_seq(seq);
         if rep > 0 {
             out.push(n as f64 / secs);
+        }
+    }
+    Ok(out)
+}
+
+/// One warm-up then `reps` timed runs: a sequence per prompt, each prefilled alone (untimed),
+/// then `gen` decode steps of all of them together, each feeding back its greedy token.
+/// Returns aggregate decode t/s (sequences × `gen` / decode time).
+fn measure_batch<B: Backend>(
+    e: &mut Engine<B>,
+    reps: usize,
+    prompts: &[Vec<u32>],
+    gen: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for rep in 0..=reps.max(1) {
+        let seqs: Vec<usize> = prompts.iter().map(|_| e.new_seq()).collect();
+        let mut next = Vec::with_capacity(seqs.len());
+        for (&seq, p) in seqs.iter().zip(prompts) {
+            let entries: Vec<BatchEntry> = p
+                .iter()
+                .enumerate()
+                .map(|(i, &token)| BatchEntry {
+                    seq,
+                    token,
+                    logits: i + 1 == p.len(),
+                    chunk: None,
+                })
+                .collect();
+            next.extend(e.step_argmax(&entries)?);
+        }
+        let t = Instant::now();
+        for _ in 0..gen {
+            let entries: Vec<BatchEntry> = seqs
+                .iter()
+                .zip(&next)
+                .map(|(&seq, &token)| BatchEntry {
+                    seq,
+                    token,
+                    logits: true,
+                    chunk: None,
+                })
+                .collect();
+            next = e.step_argmax(&entries)?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        for seq in seqs {
+            e.free_seq(seq);
+        }
+        if rep > 0 {
+            out.push((prompts.len() * gen) as f64 / secs);
         }
     }
     Ok(out)

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use kestrel_cuda::CudaBackend;
 use kestrel_server::ServerConfig;
 
-use crate::load::{load_cpu, ContextArgs, Device};
+use crate::load::{gpu_for, load, load_cpu, ContextArgs, Device};
 use crate::models::resolve_model;
 
 #[derive(clap::Args, Debug)]
@@ -52,15 +53,13 @@ pub fn run(a: Args) -> Result<()> {
             .file_stem()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
     });
-    if a.ctx.device == Device::Cuda {
-        bail!(
-            "kestrel serve runs on the CPU for now: --device cuda is not wired into the server yet"
-        );
-    }
+    // The engine thread builds its own backend (a CUDA context belongs to the thread that
+    // made it): probe the device here only to pick the backend type and report failures early.
+    let on_gpu = gpu_for(a.ctx.device)?.is_some();
     let ctx = ContextArgs {
         model: Some(path.to_string_lossy().into_owned()),
         ctx: a.ctx.ctx,
-        device: Device::Cpu,
+        device: if on_gpu { Device::Cuda } else { Device::Cpu },
     };
     let parallel = a.parallel.max(1);
     let config = ServerConfig {
@@ -80,10 +79,21 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         "no API key"
     };
-    let server = kestrel_server::start(config, move || {
-        let m = load_cpu(&ctx, parallel)?;
-        Ok((m.engine, m.tok))
-    })?;
+    let server = if on_gpu {
+        kestrel_server::start(config, move || {
+            let m = load(
+                CudaBackend::new(0).context("--device cuda")?,
+                &ctx,
+                parallel,
+            )?;
+            Ok((m.engine, m.tok))
+        })?
+    } else {
+        kestrel_server::start(config, move || {
+            let m = load_cpu(&ctx, parallel)?;
+            Ok((m.engine, m.tok))
+        })?
+    };
     eprintln!(
         "kestrel serve: model {model_id} ({}), listening on {} ({auth}; {parallel} parallel) — chat page at {}/, API at {}/v1",
         path.display(),
