@@ -44,6 +44,23 @@ pub struct BatchEntry {
     pub chunk: Option<Chunk>,
 }
 
+impl BatchEntry {
+    /// The entries of `tokens` of one sequence run together, the last one wanting logits if
+    /// `last_logits`.
+    pub fn run(seq: SeqId, tokens: &[u32], last_logits: bool) -> Vec<BatchEntry> {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &token)| BatchEntry {
+                seq,
+                token,
+                logits: last_logits && i + 1 == tokens.len(),
+                chunk: None,
+            })
+            .collect()
+    }
+}
+
 pub struct Engine<B: Backend> {
     pub backend: B,
     pub spec: ModelSpec,

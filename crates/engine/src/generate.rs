@@ -113,16 +113,7 @@ pub fn generate<B: Backend>(
     let ubatch = params.ubatch.max(1);
     for (ci, chunk) in prompt.chunks(ubatch).enumerate() {
         let last_chunk = (ci + 1) * ubatch >= prompt.len();
-        let entries: Vec<BatchEntry> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, &token)| BatchEntry {
-                seq,
-                token,
-                logits: last_chunk && i + 1 == chunk.len(),
-                chunk: None,
-            })
-            .collect();
+        let entries = BatchEntry::run(seq, chunk, last_chunk);
         if argmax_only {
             if let Some(t) = engine.step_argmax(&entries)?.pop() {
                 picked = Some(t);

@@ -186,16 +186,7 @@ fn run_chunk<B: Backend>(
     toks: &[u32],
     last_logits: bool,
 ) -> Result<()> {
-    let entries: Vec<BatchEntry> = toks
-        .iter()
-        .enumerate()
-        .map(|(i, &token)| BatchEntry {
-            seq,
-            token,
-            logits: last_logits && i + 1 == toks.len(),
-            chunk: None,
-        })
-        .collect();
+    let entries = BatchEntry::run(seq, toks, last_logits);
     e.step_argmax(&entries)?;
     Ok(())
 }
@@ -239,16 +230,7 @@ fn measure_batch<B: Backend>(
         let seqs: Vec<usize> = prompts.iter().map(|_| e.new_seq()).collect();
         let mut next = Vec::with_capacity(seqs.len());
         for (&seq, p) in seqs.iter().zip(prompts) {
-            let entries: Vec<BatchEntry> = p
-                .iter()
-                .enumerate()
-                .map(|(i, &token)| BatchEntry {
-                    seq,
-                    token,
-                    logits: i + 1 == p.len(),
-                    chunk: None,
-                })
-                .collect();
+            let entries = BatchEntry::run(seq, p, true);
             next.extend(e.step_argmax(&entries)?);
         }
         let t = Instant::now();
