@@ -295,4 +295,8 @@ impl Backend for CpuBackend {
     fn read(&self, x: &CpuTensor) -> Vec<f32> {
         x.data.clone()
     }
+
+    fn chunk_invariant(&self, c: Chunk) -> bool {
+        crate::quant_dot::bulk_of_chunk(c.len as usize, c.index as usize)
+    }
 }

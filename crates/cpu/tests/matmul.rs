@@ -576,3 +576,32 @@ fn chunked_matmul_gives_each_token_its_lone_chunk_bits() {
         }
     }
 }
+
+/// `bulk_of_chunk` (what prefix reuse trusts) names exactly tokens whose route is the same in
+/// every chunk: the one a token deep inside a long chunk takes.
+#[test]
+fn bulk_tokens_take_one_route_for_every_chunk_length() {
+    use kestrel_cpu::quant_dot::bulk_of_chunk;
+    let mode = |ty, rows, len: usize, index: usize| {
+        let route = quant_dot::route(ty, rows, len);
+        (route, index < quant_dot::gemm_tokens(route, len))
+    };
+    for ty in [
+        Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32,
+    ] {
+        for rows in [16, 20] {
+            let bulk = mode(ty, rows, 512, 0);
+            for len in 1..48 {
+                for index in 0..len {
+                    if bulk_of_chunk(len, index) {
+                        assert_eq!(
+                            mode(ty, rows, len, index),
+                            bulk,
+                            "{ty} {rows} {len} {index}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

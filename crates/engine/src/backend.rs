@@ -165,6 +165,13 @@ pub trait Backend {
             .collect()
     }
 
+    /// Whether a token computed as part of `chunk` gets the same bits as in every other chunk
+    /// this is true for, so its K/V can be shared with other requests (prefix reuse) without
+    /// changing any answer. The default suits a backend whose arithmetic is per token.
+    fn chunk_invariant(&self, _chunk: Chunk) -> bool {
+        true
+    }
+
     // Decode-step graphs. A backend that records and replays the ops of a step (CUDA graphs)
     // lists batch-size buckets; `Engine::step` pads a decode-only step (one token of each of n
     // distinct sequences, all wanting logits) to the smallest bucket ≥ n with dummy entries

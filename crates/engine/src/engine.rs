@@ -145,6 +145,52 @@ impl<B: Backend> Engine<B> {
         self.pool.n_blocks()
     }
 
+    /// Prefix reuse: the longest run of registered blocks matching `hashes`
+    /// (`kv::prefix_hashes` of a prompt) from the first, and how many of them are free now
+    /// (sharing those takes free blocks).
+    pub fn find_prefix(&self, hashes: &[u64]) -> (Vec<u32>, usize) {
+        let mut blocks = Vec::new();
+        let mut n_free = 0;
+        for &h in hashes {
+            let Some((b, free)) = self.pool.lookup(h) else {
+                break;
+            };
+            blocks.push(b);
+            n_free += usize::from(free);
+        }
+        (blocks, n_free)
+    }
+
+    /// Give an empty sequence the blocks `find_prefix` found: its first `16 · blocks.len()`
+    /// tokens are then in the cache.
+    pub fn attach_prefix(&mut self, id: SeqId, blocks: &[u32]) {
+        let Some(Some(s)) = self.seqs.get_mut(id) else {
+            return;
+        };
+        assert!(
+            s.len == 0 && s.blocks.is_empty(),
+            "attach_prefix: sequence {id} is not empty"
+        );
+        for &b in blocks {
+            self.pool.share(b);
+        }
+        s.blocks = blocks.to_vec();
+        s.len = blocks.len() * KV_BLOCK;
+    }
+
+    /// Make blocks `range` of a sequence findable by `find_prefix`: they must be full and
+    /// computed, `hashes[i]` the prefix hash of block `i`.
+    pub fn register_prefix(&mut self, id: SeqId, hashes: &[u64], range: std::ops::Range<usize>) {
+        let Some(Some(s)) = self.seqs.get(id) else {
+            return;
+        };
+        for i in range {
+            if (i + 1) * KV_BLOCK <= s.len {
+                self.pool.register(s.blocks[i], hashes[i]);
+            }
+        }
+    }
+
     /// Append the entries' tokens to their sequences and return the logits of the entries
     /// marked `logits`, in order. On error no sequence changes.
     pub fn step(&mut self, entries: &[BatchEntry]) -> Result<Vec<Vec<f32>>, EngineError> {

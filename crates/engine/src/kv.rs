@@ -1,37 +1,109 @@
 //! Paged KV bookkeeping: fixed 16-token blocks handed out from one pool, a block table per
 //! sequence. The K/V memory itself belongs to the backend; this only decides where tokens go.
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
 use crate::backend::KV_BLOCK;
 
+/// The blocks of the KV pool: which are free, how many sequences hold each, and which hold a
+/// registered prompt prefix (prefix reuse: a full block whose tokens and everything before
+/// them equal another request's can be shared instead of recomputed).
+///
+/// A registered block stays findable after its last holder lets it go, until the pool hands
+/// it out again: free blocks are handed out least recently released first, so a popular
+/// prefix (a system prompt) survives between requests that don't overlap in time.
 #[derive(Debug)]
 pub struct BlockPool {
-    free: Vec<u32>,
-    n_blocks: usize,
+    free: VecDeque<u32>,
+    /// Per block: sequences holding it.
+    refs: Vec<u32>,
+    /// Registered blocks by prefix hash ([`prefix_hashes`]), and each block's hash.
+    by_hash: HashMap<u64, u32>,
+    hash_of: Vec<Option<u64>>,
 }
 
 impl BlockPool {
     pub fn new(n_blocks: usize) -> Self {
         BlockPool {
-            free: (0..n_blocks as u32).rev().collect(),
-            n_blocks,
+            free: (0..n_blocks as u32).collect(),
+            refs: vec![0; n_blocks],
+            by_hash: HashMap::new(),
+            hash_of: vec![None; n_blocks],
         }
     }
 
     pub fn n_blocks(&self) -> usize {
-        self.n_blocks
+        self.refs.len()
     }
 
+    /// Blocks no sequence holds (registered ones included: they are reused or recycled).
     pub fn n_free(&self) -> usize {
         self.free.len()
     }
 
+    /// A block for new tokens (forgetting what it held).
     pub fn alloc(&mut self) -> Option<u32> {
-        self.free.pop()
+        let b = self.free.pop_front()?;
+        if let Some(h) = self.hash_of[b as usize].take() {
+            self.by_hash.remove(&h);
+        }
+        self.refs[b as usize] = 1;
+        Some(b)
     }
 
+    /// Let go of blocks; a block nobody holds any more becomes free.
     pub fn release(&mut self, blocks: impl IntoIterator<Item = u32>) {
-        self.free.extend(blocks);
+        for b in blocks {
+            let r = &mut self.refs[b as usize];
+            debug_assert!(*r > 0, "block {b} released more often than held");
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                self.free.push_back(b);
+            }
+        }
     }
+
+    /// Hold a registered block (found with [`BlockPool::lookup`]) for one more sequence.
+    pub fn share(&mut self, b: u32) {
+        if self.refs[b as usize] == 0 {
+            if let Some(i) = self.free.iter().position(|&f| f == b) {
+                self.free.remove(i);
+            }
+        }
+        self.refs[b as usize] += 1;
+    }
+
+    /// The block registered for prefix hash `h`, and whether holding it takes a free block.
+    pub fn lookup(&self, h: u64) -> Option<(u32, bool)> {
+        self.by_hash
+            .get(&h)
+            .map(|&b| (b, self.refs[b as usize] == 0))
+    }
+
+    /// Make a full, computed block findable by its prefix hash (the first block registered
+    /// for a hash keeps it).
+    pub fn register(&mut self, b: u32, h: u64) {
+        if self.hash_of[b as usize].is_none() && !self.by_hash.contains_key(&h) {
+            self.by_hash.insert(h, b);
+            self.hash_of[b as usize] = Some(h);
+        }
+    }
+}
+
+/// The prefix hash of each full block of `tokens`: block `i`'s hash covers tokens
+/// `0..16(i+1)`, so equal hashes mean equal prefixes (up to 64-bit collisions).
+pub fn prefix_hashes(tokens: &[u32]) -> Vec<u64> {
+    let mut h = 0u64;
+    tokens
+        .chunks_exact(KV_BLOCK)
+        .map(|block| {
+            let mut s = std::collections::hash_map::DefaultHasher::new();
+            (h, block).hash(&mut s);
+            h = s.finish();
+            h
+        })
+        .collect()
 }
 
 /// One sequence's cache state.
@@ -91,5 +163,33 @@ mod tests {
         assert_eq!((s.len, s.blocks.len(), pool.n_free()), (16, 1, 3));
         s.release_all(&mut pool);
         assert_eq!(pool.n_free(), 4);
+    }
+
+    #[test]
+    fn registered_blocks_are_shared_survive_release_and_are_recycled_last() {
+        let mut pool = BlockPool::new(3);
+        let a = pool.alloc().unwrap();
+        let h = prefix_hashes(&[7; 32]);
+        assert_eq!(h.len(), 2);
+        assert_ne!(h[0], h[1]);
+        assert_ne!(prefix_hashes(&[8; 16])[0], h[0]);
+        pool.register(a, h[0]);
+        assert_eq!(pool.lookup(h[0]), Some((a, false)));
+        pool.share(a);
+        pool.release([a]);
+        assert_eq!(pool.n_free(), 2, "still held once");
+        pool.release([a]);
+        assert_eq!(pool.n_free(), 3);
+        assert_eq!(pool.lookup(h[0]), Some((a, true)), "findable while free");
+        // Older free blocks go first; the registered one last, then it is forgotten.
+        let b = pool.alloc().unwrap();
+        let c = pool.alloc().unwrap();
+        assert!(b != a && c != a);
+        pool.share(a);
+        assert_eq!(pool.n_free(), 0);
+        pool.release([a, b, c]);
+        let order: Vec<u32> = (0..3).map(|_| pool.alloc().unwrap()).collect();
+        assert_eq!(order, [a, b, c]);
+        assert_eq!(pool.lookup(h[0]), None, "handed out again: forgotten");
     }
 }

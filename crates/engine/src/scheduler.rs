@@ -14,8 +14,12 @@
 //! queue with its prompt and generated tokens, to be prefilled again later. Its sampler and text
 //! decoder keep their state, so the output is the same as if it had never been preempted.
 //!
-//! Prefix reuse of full KV blocks across requests is not done here: it needs shared,
-//! reference-counted blocks in the engine's block pool.
+//! Prefix reuse: a request's full prompt blocks are registered in the engine's block pool by
+//! the hash of everything up to their end once computed, and a request admitted later starts
+//! from the longest run of registered blocks its prompt matches (at least one prompt token is
+//! always computed, for the logits). Only blocks whose tokens the backend computes with the
+//! same bits in any chunk (`Backend::chunk_invariant`) are registered or reused, so sharing
+//! never changes an answer.
 //!
 //! Each step returns per-request [`Event`]s: text deltas (with log-probabilities when asked),
 //! then one `Finished` (stop or length, with token counts) or `Error`.
@@ -28,6 +32,7 @@ use kestrel_tokenizer::{StreamDecoder, Tokenizer};
 use crate::backend::{Backend, Chunk, KV_BLOCK};
 use crate::engine::{BatchEntry, Engine, SeqId};
 use crate::generate::{FinishReason, StepLogprobs};
+use crate::kv::prefix_hashes;
 use crate::sampler::{logprob_of, top_logprobs, Sampler, SamplerParams};
 use crate::stop::{find_stop, held_back};
 
@@ -115,6 +120,8 @@ pub struct StepStats {
     pub decode_tokens: usize,
     /// Requests preempted to make room.
     pub preempted: usize,
+    /// Prompt tokens found in the cache (prefix reuse) by requests admitted this step.
+    pub prefix_hit_tokens: usize,
     /// Wall time of the forward pass and sampling.
     pub elapsed: Duration,
 }
@@ -133,6 +140,11 @@ struct Active<'t> {
     n_prompt: usize,
     /// Tokens of `tokens` in the KV cache.
     computed: usize,
+    /// Prefix hashes of the leading full prompt blocks that may be shared
+    /// (`kv::prefix_hashes`, cut at the first block with a chunk-dependent token).
+    hashes: Vec<u64>,
+    /// Blocks of `hashes` already registered in (or taken from) the pool.
+    registered: usize,
     max_tokens: usize,
     sampler: Sampler,
     stop: Vec<String>,
@@ -250,6 +262,7 @@ impl<'t, B: Backend> Scheduler<'t, B> {
             sampler.accept(t);
         }
         let max_stop = req.stop.iter().map(String::len).max().unwrap_or(0);
+        let hashes = self.shareable_hashes(&req.prompt);
         self.waiting.push_back(Active {
             id,
             seq: None,
@@ -257,6 +270,8 @@ impl<'t, B: Backend> Scheduler<'t, B> {
             max_tokens: req.max_tokens.min(n_ctx - req.prompt.len()),
             tokens: req.prompt,
             computed: 0,
+            hashes,
+            registered: 0,
             sampler,
             stop: req.stop,
             max_stop,
@@ -266,6 +281,22 @@ impl<'t, B: Backend> Scheduler<'t, B> {
             pending: String::new(),
         });
         Ok(())
+    }
+
+    /// Prefix hashes of the prompt's leading full blocks whose every token the backend
+    /// computes chunk-invariantly ([`Backend::chunk_invariant`]).
+    fn shareable_hashes(&self, prompt: &[u32]) -> Vec<u64> {
+        let b = &self.engine.backend;
+        let (n, ub) = (prompt.len(), self.config.ubatch);
+        let shareable = (0..n / KV_BLOCK)
+            .take_while(|i| {
+                (i * KV_BLOCK..(i + 1) * KV_BLOCK)
+                    .all(|p| b.chunk_invariant(Chunk::of_prompt(p, n, ub)))
+            })
+            .count();
+        let mut h = prefix_hashes(&prompt[..shareable * KV_BLOCK]);
+        h.truncate(shareable);
+        h
     }
 
     /// Drop a request (its client went away), freeing its KV blocks. No event follows.
@@ -343,6 +374,7 @@ impl<'t, B: Backend> Scheduler<'t, B> {
                     self.engine.free_seq(seq);
                 }
                 victim.computed = 0;
+                victim.registered = 0;
                 self.waiting.push_front(victim);
                 stats.preempted += 1;
                 if v == i {
@@ -367,7 +399,11 @@ impl<'t, B: Backend> Scheduler<'t, B> {
             while budget > 0 && self.running.len() < self.config.max_running {
                 let Some(r) = self.waiting.front() else { break };
                 let rem = r.remaining();
-                if blocks_for(rem) > free {
+                // Cached prompt blocks, leaving at least one prompt token to compute.
+                let max_hit = r.hashes.len().min((r.n_prompt - 1) / KV_BLOCK);
+                let (hits, hits_free) = self.engine.find_prefix(&r.hashes[..max_hit]);
+                let need = blocks_for(r.tokens.len()) - hits.len() + hits_free;
+                if need > free {
                     if self.running.is_empty()
                         && plan.is_empty()
                         && blocks_for(rem) > self.engine.total_blocks()
@@ -383,11 +419,16 @@ impl<'t, B: Backend> Scheduler<'t, B> {
                     }
                     break;
                 }
-                let n = rem.min(budget);
-                free -= blocks_for(rem);
-                budget -= n;
                 let mut r = self.waiting.pop_front().expect("front exists");
-                r.seq = Some(self.engine.new_seq());
+                let seq = self.engine.new_seq();
+                self.engine.attach_prefix(seq, &hits);
+                r.seq = Some(seq);
+                r.computed = hits.len() * KV_BLOCK;
+                r.registered = hits.len();
+                stats.prefix_hit_tokens += r.computed;
+                let n = r.remaining().min(budget);
+                free -= need;
+                budget -= n;
                 plan.push((r.id, n));
                 self.running.push(r);
             }
@@ -476,6 +517,13 @@ impl<'t, B: Backend> Scheduler<'t, B> {
                 for &(i, n) in &plan {
                     let r = &mut self.running[i];
                     r.computed += n;
+                    let full = (r.computed / KV_BLOCK).min(r.hashes.len());
+                    if full > r.registered {
+                        let seq = r.seq.expect("running requests hold a sequence");
+                        self.engine
+                            .register_prefix(seq, &r.hashes, r.registered..full);
+                        r.registered = full;
+                    }
                     if r.computed < r.tokens.len() {
                         continue;
                     }

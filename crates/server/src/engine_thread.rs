@@ -154,6 +154,9 @@ pub fn run<B: Backend>(
             metrics
                 .preemptions
                 .fetch_add(out.stats.preempted as u64, Relaxed);
+            metrics
+                .prefix_hit_tokens
+                .fetch_add(out.stats.prefix_hit_tokens as u64, Relaxed);
             if out.stats.prefill_tokens + out.stats.decode_tokens > 0 {
                 window.push(now, out.stats, &metrics);
             }

@@ -77,6 +77,7 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub generation_tokens: AtomicU64,
     pub preemptions: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
     /// Requests that ran past the per-request timeout (also counted as cancelled).
     pub timeouts: AtomicU64,
     /// Requests refused with 429 because the queue was full.
@@ -100,6 +101,7 @@ impl Default for Metrics {
             prompt_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
             preemptions: AtomicU64::new(0),
+            prefix_hit_tokens: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
@@ -176,6 +178,12 @@ impl Metrics {
             "kestrel_preemptions_total",
             "Requests preempted (KV blocks freed, recomputed later).",
             self.preemptions.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "kestrel_prefix_cache_hit_tokens_total",
+            "Prompt tokens taken from cached KV blocks of earlier requests instead of computed.",
+            self.prefix_hit_tokens.load(Relaxed),
         );
         counter(
             &mut o,

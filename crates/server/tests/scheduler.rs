@@ -250,3 +250,60 @@ fn cancel_frees_blocks_and_rejects_bad_requests() {
     drain(&mut s, &mut outs);
     assert!(outs[&5].tokens.len() <= 4);
 }
+
+/// Requests sharing a long prompt prefix: later ones start from the cached blocks of earlier
+/// ones (also after those finished and freed them), and every answer still equals `generate`
+/// alone; at the end every block is free again.
+#[test]
+fn prefix_reuse_keeps_answers_and_frees_blocks() {
+    let Some(path) = common::model_path() else {
+        return;
+    };
+    let n_ctx = 256;
+    let (mut engine, tok) = common::load(&path, n_ctx, n_ctx * 4);
+    let system = "You are a careful assistant who answers programming questions with short, \
+                  correct code and one sentence of explanation. Never add anything else: no \
+                  greetings, no apologies, no alternatives, no warnings, and no questions back \
+                  to the user. Use the language the question names.\n";
+    let questions = [
+        "Reverse a list in Python.",
+        "Sum an array in C.",
+        "Sort strings in Rust.",
+    ];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| tok.encode(&format!("{system}{q}\n"), true, true))
+        .collect();
+    let max_tokens = 12;
+    let want: Vec<Out> = prompts
+        .iter()
+        .map(|p| reference(&mut engine, &tok, p, max_tokens, &[]))
+        .collect();
+    let mut s = Scheduler::new(engine, &tok, SchedulerConfig::default());
+    let mut outs = HashMap::new();
+    let mut hits = 0;
+    // The first alone (it registers the prefix, then frees its blocks), the others together.
+    for (i, p) in prompts.iter().enumerate() {
+        s.submit(i as u64, request(p.clone(), max_tokens, &[]))
+            .unwrap();
+        if i == 0 {
+            while s.has_work() {
+                let o = s.step();
+                hits += o.stats.prefix_hit_tokens;
+                apply(&mut outs, o.events);
+            }
+        }
+    }
+    while s.has_work() {
+        let o = s.step();
+        hits += o.stats.prefix_hit_tokens;
+        apply(&mut outs, o.events);
+    }
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(&outs[&(i as u64)], w, "prompt {i}");
+    }
+    // The shared system text is several full blocks; the CPU shares the blocks whose tokens
+    // take the chunk-independent kernel route.
+    assert!(hits >= 2 * 32, "prefix tokens reused: {hits}");
+    assert_eq!(s.engine().free_blocks(), s.engine().total_blocks());
+}

@@ -187,6 +187,14 @@ pub fn gemm_tokens(route: Route, n_tokens: usize) -> usize {
     }
 }
 
+/// Whether token `index` of a `len`-token matmul takes the same route in every such call
+/// whatever the weight type: the repacked GEMM (not its GEMV remainder), the tiled K-quant
+/// kernel, or vec_dot for the types that always take it. Tokens for which this holds get the
+/// same bits in any chunk (prefix reuse shares their K/V).
+pub fn bulk_of_chunk(len: usize, index: usize) -> bool {
+    len >= 8 && index < len - len % 4
+}
+
 /// The form in which the SIMD kernels for weight type `ty` at `level` read the activation codes
 /// of an `n_tokens` matmul ([`Acts::build`]). Every form gives the exact integer lanes `Σ q·w`
 /// of the signed legacy values (Q4_0 `c − 8`, Q5_0 `c − 16`, Q8_0):
