@@ -249,15 +249,15 @@ impl Backend for CpuBackend {
     }
 
     fn gated_act(&self, gate: &mut CpuTensor, up: &CpuTensor, kind: FfnKind) {
-        let act = match kind {
-            FfnKind::SiluGated => silu,
-            FfnKind::GeluTanhGated if self.precision == Precision::Exact => gelu_tanh_exact,
-            FfnKind::GeluTanhGated => gelu,
-        };
+        let exact = self.precision == Precision::Exact;
         gate.data
             .par_chunks_mut(4096)
             .zip(up.data.par_chunks(4096))
-            .for_each(|(g, u)| gated(g, u, act));
+            .for_each(|(g, u)| match kind {
+                FfnKind::SiluGated => gated(g, u, silu),
+                FfnKind::GeluTanhGated if exact => gated(g, u, gelu_tanh_exact),
+                FfnKind::GeluTanhGated => gated(g, u, gelu),
+            });
     }
 
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {

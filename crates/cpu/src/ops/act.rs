@@ -36,6 +36,7 @@ pub fn gelu(x: f32) -> f32 {
 /// `ggml_v_expf` of ggml-cpu/vec.h (AVX-512 F + DQ build), one lane: `2^n · p(b)` with
 /// `n = round(x·log2 e)`, `b = x − n·ln 2` in two FMA steps and a degree-5 polynomial;
 /// `|n| > 192` gives `+inf` or 0.
+#[inline(always)]
 pub fn ggml_v_expf(x: f32) -> f32 {
     let c = f32::from_bits;
     let r = c(0x4b40_0000); // 0x1.8p23
@@ -50,17 +51,38 @@ pub fn ggml_v_expf(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // vscalefps: j·2^n rounded once (exact in f64, then one rounding to f32).
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // vscalefps: j·2^n rounded once (exact in f64, then one rounding to f32). |n| ≤ 192, so
+    // 2^n is a normal f64, built from its exponent bits.
+    let two_n = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * two_n) as f32
 }
 
 /// SiLU as llama.cpp's AVX-512 `ggml_v_silu`: `x / (1 + ggml_v_expf(0 − x))`.
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + ggml_v_expf(0.0 - x))
 }
 
 /// gate = act(gate) * up
-pub fn gated(gate: &mut [f32], up: &[f32], act: fn(f32) -> f32) {
+pub fn gated<F: Fn(f32) -> f32>(gate: &mut [f32], up: &[f32], act: F) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("fma") {
+        // SAFETY: FMA was detected at run time.
+        return unsafe { gated_fma(gate, up, act) };
+    }
+    gated_body(gate, up, act)
+}
+
+/// With FMA enabled the activations' `mul_add`s become instructions instead of `fmaf` calls
+/// (the same correctly rounded results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn gated_fma<F: Fn(f32) -> f32>(gate: &mut [f32], up: &[f32], act: F) {
+    gated_body(gate, up, act)
+}
+
+#[inline(always)]
+fn gated_body<F: Fn(f32) -> f32>(gate: &mut [f32], up: &[f32], act: F) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = act(*g) * u;
     }

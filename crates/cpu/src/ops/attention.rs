@@ -169,8 +169,17 @@ fn f16_simd() -> bool {
 /// reduced as `_mm512_reduce_add_ps` does (i+8, i+4, i+2, i+1); a tail beyond the last whole step
 /// is added in f64.
 fn dot_f16(simd: bool, a: &[f16], b: &[f16]) -> f32 {
-    let _ = simd;
     let np = a.len() / 64 * 64;
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the features were detected at run time; both slices hold `np` values.
+        let mut sum = unsafe { x86::dot_f16(a, b, np) } as f64;
+        for k in np..a.len() {
+            sum += (a[k].to_f32() * b[k].to_f32()) as f64;
+        }
+        return sum as f32;
+    }
+    let _ = simd;
     let mut acc = [[0f32; 16]; 4];
     for i in (0..np).step_by(64) {
         for (j, lanes) in acc.iter_mut().enumerate() {
@@ -227,6 +236,32 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
+
+    /// `dot_f16`'s first `np` (a multiple of 64) values: the 16-lane accumulators as two
+    /// 8-lane halves, each lane's FMAs, folds and reduction steps in the same order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[f16], b: &[f16], np: usize) -> f32 {
+        assert!(a.len() >= np && b.len() >= np);
+        let load = |s: &[f16], k: usize| {
+            _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(k) as *const __m128i))
+        };
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = [_mm256_setzero_ps(); 4];
+        for i in (0..np).step_by(64) {
+            for j in 0..4 {
+                let k = i + 16 * j;
+                lo[j] = _mm256_fmadd_ps(load(a, k), load(b, k), lo[j]);
+                hi[j] = _mm256_fmadd_ps(load(a, k + 8), load(b, k + 8), hi[j]);
+            }
+        }
+        let vlo = _mm256_add_ps(_mm256_add_ps(lo[0], lo[2]), _mm256_add_ps(lo[1], lo[3]));
+        let vhi = _mm256_add_ps(_mm256_add_ps(hi[0], hi[2]), _mm256_add_ps(hi[1], hi[3]));
+        let v8 = _mm256_add_ps(vlo, vhi);
+        let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+        let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+        let v1 = _mm_add_ss(v2, _mm_shuffle_ps::<1>(v2, v2));
+        _mm_cvtss_f32(v1)
+    }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
@@ -365,6 +400,13 @@ mod tests {
         let mut y = a.clone();
         mad_f16(true, &mut x, &b, 0.37);
         mad_f16(false, &mut y, &b, 0.37);
+        // The dot over several 64-value steps plus a tail, as in every head size used.
+        for n in [64, 128, 256, 200] {
+            let a: Vec<f16> = rand_vec(n, 6).iter().map(|&x| f16::from_f32(x)).collect();
+            let b: Vec<f16> = rand_vec(n, 7).iter().map(|&x| f16::from_f32(x)).collect();
+            let (s, v) = (dot_f16(true, &a, &b), dot_f16(false, &a, &b));
+            assert_eq!(s.to_bits(), v.to_bits(), "dot of {n}: {s} vs {v}");
+        }
         assert_eq!(x, y);
         scale_f16(true, &mut x, 0.61);
         scale_f16(false, &mut y, 0.61);
