@@ -57,6 +57,7 @@ pub fn run(a: Args) -> Result<()> {
         model: Some(path.to_string_lossy().into_owned()),
         ctx: a.ctx.ctx,
         device: Device::Cpu,
+        weight_cache: a.ctx.weight_cache,
     };
     let parallel = a.parallel.max(1);
     let config = ServerConfig {
