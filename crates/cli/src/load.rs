@@ -26,6 +26,18 @@ pub struct ContextArgs {
     /// Where the model runs: auto (the first CUDA GPU if one works, else the CPU), cuda or cpu.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// On a GPU: keep a bf16 copy of the layer weights for prompt processing and large batches
+    /// (auto: as much as free memory allows after the KV cache and a reserve; off: dequantize
+    /// per call).
+    #[arg(long, value_enum, default_value_t = WeightCache::Auto)]
+    pub weight_cache: WeightCache,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightCache {
+    #[default]
+    Auto,
+    Off,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,7 +60,7 @@ pub trait OnBackend {
 /// `cuda` fails when it does not.
 pub fn load_on<F: OnBackend>(args: &ContextArgs, n_seqs: usize, f: F) -> Result<F::Out> {
     match gpu_for(args.device)? {
-        Some(gpu) => f.run(load(gpu, args, n_seqs)?),
+        Some(gpu) => f.run(load_gpu(gpu, args, n_seqs)?),
         None => f.run(load_cpu(args, n_seqs)?),
     }
 }
@@ -78,6 +90,24 @@ pub struct Loaded<B: Backend> {
     pub tok: Tokenizer,
     pub path: PathBuf,
     pub file: Arc<GgufFile>,
+}
+
+/// `load` on the GPU, then the bf16 weight cache (`--weight-cache`), reported in one line.
+pub fn load_gpu(
+    gpu: CudaBackend,
+    args: &ContextArgs,
+    n_seqs: usize,
+) -> Result<Loaded<CudaBackend>> {
+    let m = load(gpu, args, n_seqs)?;
+    if args.weight_cache == WeightCache::Auto {
+        let b = &m.engine.backend;
+        let rep = b.cache_weights(
+            &m.engine.weights().layer_matrices(),
+            b.default_cache_reserve(),
+        );
+        eprintln!("kestrel: {rep}");
+    }
+    Ok(m)
 }
 
 pub fn load_cpu(args: &ContextArgs, n_seqs: usize) -> Result<Loaded<CpuBackend>> {

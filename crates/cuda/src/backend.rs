@@ -70,6 +70,8 @@ pub struct CudaBackend {
     /// Units in flight per lane of 1-2 token matvecs, when set (`KESTREL_CUDA_MV_U`, tests);
     /// else chosen per weight (ops/matmul.rs).
     mv_unroll: Mutex<Option<usize>>,
+    /// The many-rows matmul path: cuBLAS, thresholds, the step's bf16 input (ops/gemm.rs).
+    pub(crate) gemm: crate::ops::gemm::GemmState,
     device_name: String,
     arch: String,
 }
@@ -169,6 +171,8 @@ pub struct CudaWeight {
     pub(crate) row_bytes: usize,
     /// Rows in the 16-byte kernels' layout (ops/matmul.rs `repack`), not GGUF's.
     pub(crate) repacked: bool,
+    /// A resident bf16 copy for the GEMM path (`CudaBackend::cache_weights`).
+    pub(crate) bf16: std::sync::OnceLock<crate::ops::gemm::Bf16Weight>,
 }
 
 impl CudaWeight {
@@ -326,6 +330,9 @@ impl CudaBackend {
             "4" => Some(4),
             _ => None,
         };
+        ctx.bind_to_thread()
+            .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
+        let gemm = crate::ops::gemm::GemmState::new(&stream);
         Ok(CudaBackend {
             ctx,
             stream,
@@ -362,6 +369,7 @@ impl CudaBackend {
             fast_matvec,
             pdl,
             mv_unroll: Mutex::new(mv_unroll),
+            gemm,
             device_name,
             arch,
         })
@@ -470,6 +478,7 @@ impl CudaBackend {
         args: &[Arg],
     ) {
         self.state().cached = None;
+        self.gemm.forget();
         self.launch_raw(name, grid, block, smem, args);
     }
 
@@ -489,6 +498,7 @@ impl CudaBackend {
 
     /// Forget the quantized input if `bytes` at `ptr` overlap it.
     pub(crate) fn wrote(&self, ptr: u64, bytes: usize) {
+        self.gemm.wrote(ptr, bytes);
         let mut st = self.state();
         if let Some(c) = st.cached {
             let len = (c.rows * c.cols * 4) as u64;
@@ -650,7 +660,7 @@ impl CudaBackend {
         .unwrap_or_else(|e| panic!("launching kernel {name}: {e:?}"));
     }
 
-    fn bind(&self) {
+    pub(crate) fn bind(&self) {
         self.ctx
             .bind_to_thread()
             .unwrap_or_else(|e| panic!("binding the CUDA context: {e:?}"));
@@ -816,6 +826,7 @@ impl Backend for CudaBackend {
             rows,
             row_bytes,
             repacked,
+            bf16: std::sync::OnceLock::new(),
         })
     }
 
@@ -883,10 +894,12 @@ impl Backend for CudaBackend {
             } else {
                 0
             };
-            let bytes = st.qbuf_bytes;
+            let (bytes, max_cols) = (st.qbuf_bytes, st.max_cols);
             drop(st);
             let q = (bytes > 0).then(|| self.scratch(bytes));
             self.state().qbuf = q;
+            // Then the GEMM path's bf16 input and workspace, when the step may use them.
+            crate::ops::gemm::begin_step(self, n, max_cols);
         }
         let mut sb = self.step_buf.lock().expect("step buffer lock");
         // Layout: tokens, positions, slots, seq_index [n each], logit rows, block-table offsets

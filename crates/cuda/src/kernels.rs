@@ -94,6 +94,12 @@ pub const MODULES: &[KernelModule] = &[
         ],
     },
     KernelModule {
+        name: "convert",
+        headers: &[DEQUANT],
+        source: include_str!("../kernels/convert.cu"),
+        functions: &["dequant_bf16", "f32_to_bf16"],
+    },
+    KernelModule {
         name: "attention",
         headers: &[],
         source: include_str!("../kernels/attention.cu"),

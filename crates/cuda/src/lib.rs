@@ -14,6 +14,9 @@
 //!   copy (`begin_step`), and kernels read tokens, positions, slots and block tables from there.
 //! - **Ops**: launchers in `ops/`, one per op, matching `cpu/src/ops/*`. Matmul inputs are
 //!   quantized once (norms and activations write the blocks as they write their output).
+//!   Matmuls of many rows (prefill, large decode batches) run as bf16 cuBLAS GEMMs on the
+//!   tensor cores instead (`ops/gemm.rs`), from resident bf16 weight copies when
+//!   `cache_weights` made them, else dequantized per call.
 //! - **Graphs**: decode steps padded to a batch bucket are recorded as CUDA graphs and replayed
 //!   with no parameter updates (`backend.rs`, `KESTREL_CUDA_GRAPHS`); greedy steps return only
 //!   the argmax of each logits row (`argmax_rows`).
@@ -28,3 +31,4 @@ pub use backend::{
     driver_available, supports_matmul, CudaBackend, CudaKv, CudaStep, CudaTensor, CudaWeight,
     GraphMode, QuantStats, GRAPH_BUCKETS,
 };
+pub use ops::gemm::{GemmRows, WeightCacheReport};

@@ -216,9 +216,13 @@ fn every_op_matches_inside_whole_models() {
     let mut failures = Vec::new();
     for (label, f, vocab) in cases {
         let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
+        let g = gpu();
+        // Op by op at 1e-5 is the matvecs' bound; the bf16 GEMM path of longer prompts is
+        // checked against the CPU in tests/gemm.rs.
+        g.set_gemm_rows(kestrel_cuda::GemmRows::OFF);
         let dual = Dual {
             c: CpuBackend::new(),
-            g: gpu(),
+            g,
             calls: RefCell::new(0),
             report: RefCell::new(Vec::new()),
         };

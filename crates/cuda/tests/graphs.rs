@@ -145,6 +145,15 @@ fn decode_speed_report() {
         kv_tokens: (prompt + 2 * reps * steps + 16) * 64,
     };
     let mut e = Engine::load(g, spec, &f, cfg, &mut |_, _| {}).expect("engine");
+    // The CLI's default: resident bf16 layer weights for the GEMM path (KESTREL_WEIGHT_CACHE=off
+    // leaves them out).
+    if std::env::var("KESTREL_WEIGHT_CACHE").as_deref() != Ok("off") {
+        let rep = e.backend.cache_weights(
+            &e.weights().layer_matrices(),
+            e.backend.default_cache_reserve(),
+        );
+        println!("{rep}; GEMM from {:?} rows", e.backend.gemm_rows());
+    }
     println!(
         "{}: {} (PDL {})",
         path,

@@ -241,6 +241,8 @@ fn matmul_tol_vs_cpu(_ty: GgmlType) -> f64 {
 #[ignore = "needs CUDA"]
 fn matmul_every_type_against_cpu_and_exact() {
     let (g, cpu) = (gpu(), CpuBackend::new());
+    // The matvecs at every row count (tests/gemm.rs checks the GEMM path).
+    g.set_gemm_rows(kestrel_cuda::GemmRows::OFF);
     let (rows, cols) = (300, 512);
     let mut worst = Vec::new();
     for (k, ty) in MATMUL_TYPES.into_iter().enumerate() {
@@ -654,6 +656,8 @@ fn arena_overflows_then_grows_between_steps_with_stable_addresses() {
 #[ignore = "needs CUDA"]
 fn matmul_rows_are_the_same_bits_in_any_batch() {
     let g = gpu();
+    // The matvecs' property (the GEMM path's results depend on the row count).
+    g.set_gemm_rows(kestrel_cuda::GemmRows::OFF);
     let (rows, cols) = (260, 768);
     for (k, ty) in [
         GgmlType::Q4_K,

@@ -104,6 +104,11 @@ impl<B: Backend> Engine<B> {
         })
     }
 
+    /// The uploaded weights.
+    pub fn weights(&self) -> &Weights<B::Weight> {
+        &self.weights
+    }
+
     pub fn new_seq(&mut self) -> SeqId {
         match self.seqs.iter().position(Option::is_none) {
             Some(i) => {

@@ -59,6 +59,22 @@ impl<W> Weights<W> {
     pub fn output(&self) -> &W {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }
+
+    /// Every layer's matrices (attention and FFN projections, per-layer-embedding gate and
+    /// projection): what a device may keep a second, faster copy of.
+    pub fn layer_matrices(&self) -> Vec<&W> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            v.push(&l.wq);
+            v.extend(l.wk.as_ref());
+            v.extend(l.wv.as_ref());
+            v.extend([&l.wo, &l.gate, &l.up, &l.down]);
+            if let Some(p) = &l.ple {
+                v.extend([&p.gate, &p.proj]);
+            }
+        }
+        v
+    }
 }
 
 /// Check every tensor the spec needs, then upload them. `progress` gets (done, total) bytes.

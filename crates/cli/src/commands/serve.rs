@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use kestrel_cuda::CudaBackend;
 use kestrel_server::ServerConfig;
 
-use crate::load::{gpu_for, load, load_cpu, ContextArgs, Device};
+use crate::load::{gpu_for, load_cpu, load_gpu, ContextArgs, Device};
 use crate::models::resolve_model;
 
 #[derive(clap::Args, Debug)]
@@ -60,6 +60,7 @@ pub fn run(a: Args) -> Result<()> {
         model: Some(path.to_string_lossy().into_owned()),
         ctx: a.ctx.ctx,
         device: if on_gpu { Device::Cuda } else { Device::Cpu },
+        weight_cache: a.ctx.weight_cache,
     };
     let parallel = a.parallel.max(1);
     let config = ServerConfig {
@@ -81,7 +82,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let server = if on_gpu {
         kestrel_server::start(config, move || {
-            let m = load(
+            let m = load_gpu(
                 CudaBackend::new(0).context("--device cuda")?,
                 &ctx,
                 parallel,

@@ -319,6 +319,9 @@ pub fn matmul(b: &CudaBackend, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTen
     if n_tok == 0 || w.rows == 0 {
         return;
     }
+    if crate::ops::gemm::takes(b, w, n_tok) {
+        return crate::ops::gemm::matmul(b, w, x, out);
+    }
     let grid = (w.rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1);
     let block = ((ROWS_PER_BLOCK * 32) as u32, 1, 1);
     let writes = (out.ptr, out.len() * 4);

@@ -5,6 +5,7 @@ pub mod act;
 pub mod attention;
 pub mod elementwise;
 pub mod embed;
+pub mod gemm;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
