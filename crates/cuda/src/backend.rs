@@ -72,6 +72,11 @@ pub struct CudaBackend {
     mv_unroll: Mutex<Option<usize>>,
     /// The many-rows matmul path: cuBLAS, thresholds, the step's bf16 input (ops/gemm.rs).
     pub(crate) gemm: crate::ops::gemm::GemmState,
+    /// Runs of at least this many consecutive query tokens of one sequence take the prefill
+    /// attention kernel (`KESTREL_CUDA_PREFILL_MIN`; `off` never); shorter runs the decode one.
+    prefill_min: Mutex<usize>,
+    /// Shared memory a block may opt in to (bytes): which prefill kernels fit on the device.
+    smem_optin: usize,
     device_name: String,
     arch: String,
 }
@@ -250,6 +255,14 @@ pub struct CudaStep {
     pub(crate) bt_off: u64,
     pub(crate) bt_flat: u64,
     pub(crate) logit_rows: u64,
+    /// Prefill runs (first token, count) for the prefill attention kernel, and their counts on
+    /// the host (to size its grid); empty when no run is long enough.
+    pub(crate) prefill_runs: u64,
+    pub prefill_lens: Vec<u32>,
+    /// The tokens left to the decode attention kernel: `n_decode` indices at `decode_rows`, or
+    /// every token (`decode_rows` 0) when the step has no prefill run.
+    pub(crate) decode_rows: u64,
+    pub n_decode: usize,
 }
 
 /// A kernel argument; every kind travels in an 8-byte slot (the driver reads the parameter's
@@ -300,6 +313,9 @@ impl CudaBackend {
         }
         let arch = format!("sm_{major}{minor}");
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let smem_optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| anyhow!("{e:?}"))? as usize;
         let mut funcs = HashMap::new();
         for m in MODULES {
             let module = load_module(&ctx, m, &arch)?;
@@ -308,6 +324,18 @@ impl CudaBackend {
                     .load_function(f)
                     .map_err(|e| anyhow!("kernel {f} missing from module {}: {e:?}", m.name))?;
                 funcs.insert(f, func);
+            }
+        }
+        // The prefill attention kernels take their tiles in dynamic shared memory, above the
+        // 48 KiB a launch gets without opting in.
+        for (name, bytes) in crate::ops::attention::prefill_kernels() {
+            if bytes + crate::ops::attention::PREFILL_STATIC_SMEM <= smem_optin {
+                funcs[name]
+                    .set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                    .map_err(|e| anyhow!("{name}: shared memory limit: {e:?}"))?;
             }
         }
         let mut arena = Arena::new(stream.clone());
@@ -333,6 +361,12 @@ impl CudaBackend {
         ctx.bind_to_thread()
             .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
         let gemm = crate::ops::gemm::GemmState::new(&stream);
+        let prefill_min = match env("KESTREL_CUDA_PREFILL_MIN").as_str() {
+            "0" | "off" | "false" => usize::MAX,
+            v => v
+                .parse()
+                .unwrap_or(crate::ops::attention::PREFILL_MIN_TOKENS),
+        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -370,6 +404,8 @@ impl CudaBackend {
             pdl,
             mv_unroll: Mutex::new(mv_unroll),
             gemm,
+            prefill_min: Mutex::new(prefill_min),
+            smem_optin,
             device_name,
             arch,
         })
@@ -424,6 +460,23 @@ impl CudaBackend {
 
     pub fn mv_unroll(&self) -> Option<usize> {
         *self.mv_unroll.lock().expect("lock")
+    }
+
+    /// Runs of at least `min` query tokens take the prefill attention kernel from the next
+    /// `begin_step` on (`usize::MAX`: never; tests force 1). Drops recorded graphs, whose steps
+    /// may have been split differently.
+    pub fn set_prefill_min(&self, min: usize) {
+        *self.prefill_min.lock().expect("lock") = min.max(1);
+        self.graphs.lock().expect("graphs lock").recorded.clear();
+    }
+
+    pub fn prefill_min(&self) -> usize {
+        *self.prefill_min.lock().expect("lock")
+    }
+
+    /// Shared memory (bytes) a block may use on this device, opting in.
+    pub(crate) fn smem_optin(&self) -> usize {
+        self.smem_optin
     }
 
     /// Whether kernels launch with programmatic dependent launch.
@@ -901,10 +954,17 @@ impl Backend for CudaBackend {
             // Then the GEMM path's bf16 input and workspace, when the step may use them.
             crate::ops::gemm::begin_step(self, n, max_cols);
         }
+        let (runs, decode) = crate::ops::attention::split_runs(
+            &step.positions,
+            &step.seq_index,
+            self.prefill_min(),
+        );
         let mut sb = self.step_buf.lock().expect("step buffer lock");
         // Layout: tokens, positions, slots, seq_index [n each], logit rows, block-table offsets
-        // [n_seq + 1], flattened block tables — so for a fixed (n, n_logits, n_seq) every array
-        // but the last starts at a fixed offset, whatever the block tables hold.
+        // [n_seq + 1], prefill runs [2 × n_runs] and decode rows [n_decode] (both empty when no
+        // run is long enough), flattened block tables — so for a fixed (n, n_logits, n_seq) and
+        // split into runs every array but the last starts at a fixed offset, whatever the block
+        // tables hold.
         let host = &mut sb.host;
         host.clear();
         host.extend_from_slice(&step.tokens);
@@ -918,6 +978,16 @@ impl Backend for CudaBackend {
             off += bt.len() as u32;
         }
         host.push(off);
+        let runs_at = host.len();
+        for &(t0, len) in &runs {
+            host.push(t0);
+            host.push(len);
+        }
+        let decode_at = host.len();
+        if !runs.is_empty() {
+            host.extend_from_slice(&decode);
+        }
+        let flat_at = host.len();
         for bt in &step.block_tables {
             host.extend_from_slice(bt);
         }
@@ -942,7 +1012,7 @@ impl Backend for CudaBackend {
                 .unwrap_or_else(|e| panic!("uploading the step: {e:?}"));
         }
         let at = |k: usize| sb.ptr + 4 * k as u64;
-        let (n_seq, n_logits) = (step.block_tables.len(), step.logit_rows.len());
+        let n_logits = step.logit_rows.len();
         let step_epoch = sb.epoch;
         let out = CudaStep {
             n_tokens: n,
@@ -954,7 +1024,11 @@ impl Backend for CudaBackend {
             seq_index: at(3 * n),
             logit_rows: at(4 * n),
             bt_off: at(4 * n + n_logits),
-            bt_flat: at(4 * n + n_logits + n_seq + 1),
+            bt_flat: at(flat_at),
+            prefill_runs: at(runs_at),
+            decode_rows: if runs.is_empty() { 0 } else { at(decode_at) },
+            n_decode: if runs.is_empty() { n } else { decode.len() },
+            prefill_lens: runs.iter().map(|r| r.1).collect(),
         };
         drop(sb);
         let mut g = self.graphs.lock().expect("graphs lock");

@@ -111,6 +111,17 @@ pub const MODULES: &[KernelModule] = &[
         ],
     },
     KernelModule {
+        name: "attention_prefill",
+        headers: &[],
+        source: include_str!("../kernels/attention_prefill.cu"),
+        functions: &[
+            "attn_prefill_64",
+            "attn_prefill_128",
+            "attn_prefill_256",
+            "attn_prefill_512",
+        ],
+    },
+    KernelModule {
         name: "kv",
         headers: &[],
         source: include_str!("../kernels/kv.cu"),

@@ -1,0 +1,286 @@
+// Prefill attention on tensor cores (flash attention, FA2-style): causal, optionally windowed,
+// GQA, over the paged f16 KV cache. For runs of many query tokens of one sequence; decode tokens
+// keep attention.cu.
+//
+// Work: grid = (n_tiles, n_kv_head, HD / DC), FA_THREADS (4 warps) per block. A query tile is
+// FA_BM rows = `tpt` consecutive tokens of one run × the `group` query heads that share KV head
+// blockIdx.y (row r: token r / group, head kvh * group + r % group), so each K/V tile is loaded
+// once for the whole group. The runs (first token, count; consecutive positions of one sequence)
+// come from the step buffer (backend.rs `begin_step`); a block finds its tile by walking them,
+// heaviest tiles (the last of a run: the most keys) first. Tiles never straddle runs.
+//
+// Per block: Q (rounded to f16, as the CPU does) staged in shared memory once; key tiles of BN
+// keys from the run's first row's window start to its last row's position, K and V rows fetched
+// through the block table with 16-byte asynchronous copies, double buffered (tile i + 1 in
+// flight while tile i is computed). Key tiles the window excludes for every row are never
+// visited; only tiles cut by the diagonal or a row's window edge pay for the mask. Each warp owns
+// 16 rows: S = Q·Kᵀ by mma.sync m16n8k16 (f16 in, f32 accumulate), scale and log2(e) folded into
+// one multiply, online softmax in f32 (exp2), P rounded to f16 as the A operand of O += P·V
+// (f32 accumulators in registers). Output dims are split over blockIdx.z in chunks of DC (256
+// for head_dim 512: the accumulators of 16 rows × 512 dims would not fit in registers; each
+// chunk recomputes S, 1.5× the FLOPs of one pass).
+//
+// Shared-memory rows are padded by 8 halves (16 bytes) so the 8 rows an ldmatrix phase reads
+// fall in distinct banks.
+
+#define FA_THREADS 128
+#define FA_BM 64
+
+__device__ __forceinline__ u32 fa_smem_addr(const void* p) {
+    u32 s;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(p));
+    return s;
+}
+__device__ __forceinline__ void fa_cp16(void* smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(fa_smem_addr(smem)), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void fa_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+__device__ __forceinline__ void fa_ldsm4(u32& r0, u32& r1, u32& r2, u32& r3, const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(fa_smem_addr(p)));
+}
+__device__ __forceinline__ void fa_ldsm4t(u32& r0, u32& r1, u32& r2, u32& r3, const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(fa_smem_addr(p)));
+}
+// c += a · b, one m16n8k16 tile (f16 inputs, f32 accumulators).
+__device__ __forceinline__ void fa_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// Two f32 -> one f16x2 register, `lo` in the low half (round to nearest even).
+__device__ __forceinline__ u32 fa_pack(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ float fa_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int HD, int DC, int BN>
+__device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const u16* vc, float* out,
+                                           const u32* positions, const u32* seq_index, const u32* bt_off,
+                                           const u32* bt_flat, const u32* runs, int n_runs, int n_tiles, int tpt,
+                                           int n_head, int n_kv_head, int kv_dim, int window, float scale) {
+    constexpr int QS = HD + 8, KS = HD + 8, VS = DC + 8;
+    constexpr int NT = BN / 8;   // key n-tiles of S
+    constexpr int ND = DC / 8;   // dim n-tiles of O
+    extern __shared__ __align__(16) u16 fa_smem[];
+    u16* Qs = fa_smem;
+    u16* Ks = Qs + FA_BM * QS;
+    u16* Vs = Ks + 2 * BN * KS;
+    __shared__ int row_tok[FA_BM];
+    __shared__ int row_pos[FA_BM];
+
+    PDL_START();
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int kvh = blockIdx.y, dc0 = blockIdx.z * DC;
+    const int group = n_head / n_kv_head;
+
+    // This block's tile: walk the runs (few) to the tile, heaviest first.
+    int tile = n_tiles - 1 - (int)blockIdx.x;
+    int r = 0;
+    for (; r < n_runs - 1; ++r) {
+        const int k = ((int)runs[2 * r + 1] + tpt - 1) / tpt;
+        if (tile < k) break;
+        tile -= k;
+    }
+    const int t0 = (int)runs[2 * r] + tile * tpt;
+    const int nt = min(tpt, (int)runs[2 * r + 1] - tile * tpt);
+    const int pmin = (int)positions[t0], pmax = (int)positions[t0 + nt - 1];
+    const int lo = window > 0 ? max(0, pmin + 1 - window) : 0;
+    const u32* table = bt_flat + bt_off[seq_index[t0]];
+
+    if (tid < FA_BM) {
+        const int tk = tid / group;
+        const bool ok = tid < tpt * group && tk < nt;
+        row_tok[tid] = ok ? t0 + tk : -1;
+        row_pos[tid] = ok ? (int)positions[t0 + tk] : -1;
+    }
+    // Q rows to f16 (zeros for padding rows: finite scores, never written out).
+    for (int c = tid; c < FA_BM * (HD / 8); c += FA_THREADS) {
+        const int row = c / (HD / 8), ch = c % (HD / 8);
+        const int tk = row / group;
+        uint4 w = make_uint4(0, 0, 0, 0);
+        if (row < tpt * group && tk < nt) {
+            const int h = kvh * group + row % group;
+            const float4* src = (const float4*)(q + ((u64)(t0 + tk) * n_head + h) * HD + ch * 8);
+            const float4 x = src[0], y = src[1];
+            w = make_uint4(fa_pack(x.x, x.y), fa_pack(x.z, x.w), fa_pack(y.x, y.y), fa_pack(y.z, y.w));
+        }
+        *(uint4*)(Qs + row * QS + ch * 8) = w;
+    }
+
+    // Stage key tile [k0, k0 + BN) into buffer s: keys outside [lo, pmax] are zeros (their scores
+    // are masked; zero V keeps 0 · garbage out of the sums).
+    const u64 head_off = (u64)kvh * HD;
+    auto load_kv = [&](int s, int k0) {
+        u16* kd = Ks + s * BN * KS;
+        u16* vd = Vs + s * BN * VS;
+        for (int c = tid; c < BN * (HD / 8); c += FA_THREADS) {
+            const int kk = c / (HD / 8), ch = c % (HD / 8);
+            const int key = k0 + kk;
+            u16* dst = kd + kk * KS + ch * 8;
+            if (key >= lo && key <= pmax) {
+                const u64 slot = (u64)table[key >> 4] * 16 + (key & 15);
+                fa_cp16(dst, kc + slot * kv_dim + head_off + ch * 8);
+            } else {
+                *(uint4*)dst = make_uint4(0, 0, 0, 0);
+            }
+        }
+        for (int c = tid; c < BN * (DC / 8); c += FA_THREADS) {
+            const int kk = c / (DC / 8), ch = c % (DC / 8);
+            const int key = k0 + kk;
+            u16* dst = vd + kk * VS + ch * 8;
+            if (key >= lo && key <= pmax) {
+                const u64 slot = (u64)table[key >> 4] * 16 + (key & 15);
+                fa_cp16(dst, vc + slot * kv_dim + head_off + dc0 + ch * 8);
+            } else {
+                *(uint4*)dst = make_uint4(0, 0, 0, 0);
+            }
+        }
+    };
+
+    float o[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-KS_INF, -KS_INF}, l[2] = {0.0f, 0.0f};
+    const float sl2 = scale * 1.4426950408889634f;
+    const int n_kt = (pmax + 1 - lo + BN - 1) / BN;
+    __syncthreads();  // row_pos
+    const int rp[2] = {row_pos[warp * 16 + (lane >> 2)], row_pos[warp * 16 + (lane >> 2) + 8]};
+
+    load_kv(0, lo);
+    fa_commit();
+    for (int it = 0; it < n_kt; ++it) {
+        const int k0 = lo + it * BN;
+        if (it + 1 < n_kt) load_kv((it + 1) & 1, k0 + BN);
+        fa_commit();
+        fa_wait1();
+        __syncthreads();
+        const u16* K = Ks + (it & 1) * BN * KS;
+        const u16* V = Vs + (it & 1) * BN * VS;
+
+        // S = Q Kᵀ for this warp's 16 rows × BN keys.
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kd = 0; kd < HD / 16; ++kd) {
+            u32 a0, a1, a2, a3;
+            fa_ldsm4(a0, a1, a2, a3, Qs + (warp * 16 + (lane & 15)) * QS + kd * 16 + 8 * (lane >> 4));
+#pragma unroll
+            for (int nb = 0; nb < BN / 16; ++nb) {
+                u32 b0, b1, b2, b3;
+                fa_ldsm4(b0, b1, b2, b3,
+                         K + (nb * 16 + (lane & 7) + 8 * (lane >> 4)) * KS + kd * 16 + 8 * ((lane >> 3) & 1));
+                fa_mma(s[2 * nb], a0, a1, a2, a3, b0, b1);
+                fa_mma(s[2 * nb + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+
+        // Scale (log2 domain), mask where the tile is cut, online softmax.
+        const bool cut = k0 + BN - 1 > pmin || (window > 0 && k0 <= pmax - window);
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float v = s[j][e] * sl2;
+                if (cut) {
+                    const int key = k0 + 8 * j + 2 * (lane & 3) + (e & 1);
+                    const int p = rp[e >> 1];
+                    if (key > p || (window > 0 && key <= p - window)) v = -KS_INF;
+                }
+                s[j][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+        }
+        float mu[2], alpha[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            mu[i] = mx[i] == -KS_INF ? 0.0f : mx[i];  // a row with no key yet: no NaN from inf - inf
+            alpha[i] = fa_exp2(m[i] - mu[i]);
+            m[i] = mx[i];
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = fa_exp2(s[j][e] - mu[e >> 1]);
+                s[j][e] = p;
+                rs[e >> 1] += p;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) l[i] = l[i] * alpha[i] + rs[i];
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+
+        // O += P V (P from the S accumulators, rounded to f16).
+#pragma unroll
+        for (int kc2 = 0; kc2 < BN / 16; ++kc2) {
+            const u32 a0 = fa_pack(s[2 * kc2][0], s[2 * kc2][1]);
+            const u32 a1 = fa_pack(s[2 * kc2][2], s[2 * kc2][3]);
+            const u32 a2 = fa_pack(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
+            const u32 a3 = fa_pack(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
+#pragma unroll
+            for (int nd = 0; nd < DC / 16; ++nd) {
+                u32 b0, b1, b2, b3;
+                fa_ldsm4t(b0, b1, b2, b3,
+                          V + (kc2 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * VS + nd * 16 + 8 * (lane >> 4));
+                fa_mma(o[2 * nd], a0, a1, a2, a3, b0, b1);
+                fa_mma(o[2 * nd + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+        __syncthreads();  // this buffer is refilled by the next iteration's prefetch
+    }
+
+    // Finish: each row's sum over its 4 lanes, divide, write the valid rows.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        const float inv = l[i] == 0.0f ? 0.0f : 1.0f / l[i];
+        const int row = warp * 16 + (lane >> 2) + 8 * i;
+        const int tok = row_tok[row];
+        if (tok < 0) continue;
+        const int h = kvh * group + row % group;
+        float* op = out + ((u64)tok * n_head + h) * HD + dc0 + 2 * (lane & 3);
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            *(float2*)(op + 8 * n) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        }
+    }
+}
+
+#define FA_PREFILL(name, HD, DC, BN)                                                                             \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                    \
+        name(const float* q, const u16* kc, const u16* vc, float* out, const u32* positions,                     \
+             const u32* seq_index, const u32* bt_off, const u32* bt_flat, const u32* runs, int n_runs,           \
+             int n_tiles, int tpt, int n_head, int n_kv_head, int kv_dim, int window, float scale) {             \
+        fa_prefill<HD, DC, BN>(q, kc, vc, out, positions, seq_index, bt_off, bt_flat, runs, n_runs, n_tiles,     \
+                               tpt, n_head, n_kv_head, kv_dim, window, scale);                                   \
+    }
+
+FA_PREFILL(attn_prefill_64, 64, 64, 64)
+FA_PREFILL(attn_prefill_128, 128, 128, 64)
+FA_PREFILL(attn_prefill_256, 256, 256, 32)
+FA_PREFILL(attn_prefill_512, 512, 256, 32)
