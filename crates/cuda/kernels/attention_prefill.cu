@@ -3,7 +3,7 @@
 // keep attention.cu.
 //
 // Work: grid = (n_tiles, n_kv_head, HD / DC), FA_THREADS (4 warps) per block. A query tile is
-// FA_BM rows = `tpt` consecutive tokens of one run × the `group` query heads that share KV head
+// BM = 64 × RG rows = `tpt` consecutive tokens of one run × the `group` query heads that share KV head
 // blockIdx.y (row r: token r / group, head kvh * group + r % group), so each K/V tile is loaded
 // once for the whole group. The runs (first token, count; consecutive positions of one sequence)
 // come from the step buffer (backend.rs `begin_step`); a block finds its tile by walking them,
@@ -14,7 +14,8 @@
 // through the block table with 16-byte asynchronous copies, double buffered (tile i + 1 in
 // flight while tile i is computed). Key tiles the window excludes for every row are never
 // visited; only tiles cut by the diagonal or a row's window edge pay for the mask. Each warp owns
-// 16 rows: S = Q·Kᵀ by mma.sync m16n8k16 (f16 in, f32 accumulate), scale and log2(e) folded into
+// RG groups of 16 rows (each K or V fragment loaded from shared memory feeds RG row groups):
+// S = Q·Kᵀ by mma.sync m16n8k16 (f16 in, f32 accumulate), scale and log2(e) folded into
 // one multiply, online softmax in f32 (exp2), P rounded to f16 as the A operand of O += P·V
 // (f32 accumulators in registers). Output dims are split over blockIdx.z in chunks of DC (256
 // for head_dim 512: the accumulators of 16 rows × 512 dims would not fit in registers; each
@@ -24,7 +25,7 @@
 // fall in distinct banks.
 
 #define FA_THREADS 128
-#define FA_BM 64
+#define FA_MAX_BM 128
 
 __device__ __forceinline__ u32 fa_smem_addr(const void* p) {
     u32 s;
@@ -67,20 +68,21 @@ __device__ __forceinline__ float fa_exp2(float x) {
     return y;
 }
 
-template <int HD, int DC, int BN>
+template <int HD, int DC, int BN, int RG>
 __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const u16* vc, float* out,
                                            const u32* positions, const u32* seq_index, const u32* bt_off,
                                            const u32* bt_flat, const u32* runs, int n_runs, int n_tiles, int tpt,
                                            int n_head, int n_kv_head, int kv_dim, int window, float scale) {
+    constexpr int BM = 64 * RG;
     constexpr int QS = HD + 8, KS = HD + 8, VS = DC + 8;
     constexpr int NT = BN / 8;   // key n-tiles of S
     constexpr int ND = DC / 8;   // dim n-tiles of O
     extern __shared__ __align__(16) u16 fa_smem[];
     u16* Qs = fa_smem;
-    u16* Ks = Qs + FA_BM * QS;
+    u16* Ks = Qs + BM * QS;
     u16* Vs = Ks + 2 * BN * KS;
-    __shared__ int row_tok[FA_BM];
-    __shared__ int row_pos[FA_BM];
+    __shared__ int row_tok[FA_MAX_BM];
+    __shared__ int row_pos[FA_MAX_BM];
 
     PDL_START();
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -101,14 +103,14 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
     const int lo = window > 0 ? max(0, pmin + 1 - window) : 0;
     const u32* table = bt_flat + bt_off[seq_index[t0]];
 
-    if (tid < FA_BM) {
-        const int tk = tid / group;
-        const bool ok = tid < tpt * group && tk < nt;
-        row_tok[tid] = ok ? t0 + tk : -1;
-        row_pos[tid] = ok ? (int)positions[t0 + tk] : -1;
+    for (int i = tid; i < BM; i += FA_THREADS) {
+        const int tk = i / group;
+        const bool ok = i < tpt * group && tk < nt;
+        row_tok[i] = ok ? t0 + tk : -1;
+        row_pos[i] = ok ? (int)positions[t0 + tk] : -1;
     }
     // Q rows to f16 (zeros for padding rows: finite scores, never written out).
-    for (int c = tid; c < FA_BM * (HD / 8); c += FA_THREADS) {
+    for (int c = tid; c < BM * (HD / 8); c += FA_THREADS) {
         const int row = c / (HD / 8), ch = c % (HD / 8);
         const int tk = row / group;
         uint4 w = make_uint4(0, 0, 0, 0);
@@ -151,14 +153,24 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
         }
     };
 
-    float o[ND][4];
+    float o[RG][ND][4];
+    float m[RG][2], l[RG][2];
 #pragma unroll
-    for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m[2] = {-KS_INF, -KS_INF}, l[2] = {0.0f, 0.0f};
+    for (int g = 0; g < RG; ++g) {
+#pragma unroll
+        for (int n = 0; n < ND; ++n) o[g][n][0] = o[g][n][1] = o[g][n][2] = o[g][n][3] = 0.0f;
+        m[g][0] = m[g][1] = -KS_INF;
+        l[g][0] = l[g][1] = 0.0f;
+    }
     const float sl2 = scale * 1.4426950408889634f;
     const int n_kt = (pmax + 1 - lo + BN - 1) / BN;
     __syncthreads();  // row_pos
-    const int rp[2] = {row_pos[warp * 16 + (lane >> 2)], row_pos[warp * 16 + (lane >> 2) + 8]};
+    int rp[RG][2];
+#pragma unroll
+    for (int g = 0; g < RG; ++g) {
+        rp[g][0] = row_pos[(warp * RG + g) * 16 + (lane >> 2)];
+        rp[g][1] = row_pos[(warp * RG + g) * 16 + (lane >> 2) + 8];
+    }
 
     load_kv(0, lo);
     fa_commit();
@@ -171,83 +183,101 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
         const u16* K = Ks + (it & 1) * BN * KS;
         const u16* V = Vs + (it & 1) * BN * VS;
 
-        // S = Q Kᵀ for this warp's 16 rows × BN keys.
-        float s[NT][4];
+        // S = Q Kᵀ for this warp's RG × 16 rows × BN keys.
+        float s[RG][NT][4];
 #pragma unroll
-        for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        for (int g = 0; g < RG; ++g)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) s[g][j][0] = s[g][j][1] = s[g][j][2] = s[g][j][3] = 0.0f;
 #pragma unroll
         for (int kd = 0; kd < HD / 16; ++kd) {
-            u32 a0, a1, a2, a3;
-            fa_ldsm4(a0, a1, a2, a3, Qs + (warp * 16 + (lane & 15)) * QS + kd * 16 + 8 * (lane >> 4));
+            u32 a[RG][4];
+#pragma unroll
+            for (int g = 0; g < RG; ++g)
+                fa_ldsm4(a[g][0], a[g][1], a[g][2], a[g][3],
+                         Qs + ((warp * RG + g) * 16 + (lane & 15)) * QS + kd * 16 + 8 * (lane >> 4));
 #pragma unroll
             for (int nb = 0; nb < BN / 16; ++nb) {
                 u32 b0, b1, b2, b3;
                 fa_ldsm4(b0, b1, b2, b3,
                          K + (nb * 16 + (lane & 7) + 8 * (lane >> 4)) * KS + kd * 16 + 8 * ((lane >> 3) & 1));
-                fa_mma(s[2 * nb], a0, a1, a2, a3, b0, b1);
-                fa_mma(s[2 * nb + 1], a0, a1, a2, a3, b2, b3);
+#pragma unroll
+                for (int g = 0; g < RG; ++g) {
+                    fa_mma(s[g][2 * nb], a[g][0], a[g][1], a[g][2], a[g][3], b0, b1);
+                    fa_mma(s[g][2 * nb + 1], a[g][0], a[g][1], a[g][2], a[g][3], b2, b3);
+                }
             }
         }
 
         // Scale (log2 domain), mask where the tile is cut, online softmax.
         const bool cut = k0 + BN - 1 > pmin || (window > 0 && k0 <= pmax - window);
-        float mx[2] = {m[0], m[1]};
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
+        for (int g = 0; g < RG; ++g) {
+            float mx[2] = {m[g][0], m[g][1]};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float v = s[j][e] * sl2;
-                if (cut) {
-                    const int key = k0 + 8 * j + 2 * (lane & 3) + (e & 1);
-                    const int p = rp[e >> 1];
-                    if (key > p || (window > 0 && key <= p - window)) v = -KS_INF;
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float v = s[g][j][e] * sl2;
+                    if (cut) {
+                        const int key = k0 + 8 * j + 2 * (lane & 3) + (e & 1);
+                        const int p = rp[g][e >> 1];
+                        if (key > p || (window > 0 && key <= p - window)) v = -KS_INF;
+                    }
+                    s[g][j][e] = v;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], v);
                 }
-                s[j][e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
             }
-        }
-        float mu[2], alpha[2], rs[2] = {0.0f, 0.0f};
+            float mu[2], alpha[2], rs[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            mu[i] = mx[i] == -KS_INF ? 0.0f : mx[i];  // a row with no key yet: no NaN from inf - inf
-            alpha[i] = fa_exp2(m[i] - mu[i]);
-            m[i] = mx[i];
-        }
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = fa_exp2(s[j][e] - mu[e >> 1]);
-                s[j][e] = p;
-                rs[e >> 1] += p;
+            for (int i = 0; i < 2; ++i) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                mu[i] = mx[i] == -KS_INF ? 0.0f : mx[i];  // a row with no key yet: no NaN from inf - inf
+                alpha[i] = fa_exp2(m[g][i] - mu[i]);
+                m[g][i] = mx[i];
             }
-        }
 #pragma unroll
-        for (int i = 0; i < 2; ++i) l[i] = l[i] * alpha[i] + rs[i];
+            for (int j = 0; j < NT; ++j) {
 #pragma unroll
-        for (int n = 0; n < ND; ++n) {
-            o[n][0] *= alpha[0];
-            o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1];
-            o[n][3] *= alpha[1];
+                for (int e = 0; e < 4; ++e) {
+                    const float p = fa_exp2(s[g][j][e] - mu[e >> 1]);
+                    s[g][j][e] = p;
+                    rs[e >> 1] += p;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) l[g][i] = l[g][i] * alpha[i] + rs[i];
+#pragma unroll
+            for (int n = 0; n < ND; ++n) {
+                o[g][n][0] *= alpha[0];
+                o[g][n][1] *= alpha[0];
+                o[g][n][2] *= alpha[1];
+                o[g][n][3] *= alpha[1];
+            }
         }
 
         // O += P V (P from the S accumulators, rounded to f16).
 #pragma unroll
         for (int kc2 = 0; kc2 < BN / 16; ++kc2) {
-            const u32 a0 = fa_pack(s[2 * kc2][0], s[2 * kc2][1]);
-            const u32 a1 = fa_pack(s[2 * kc2][2], s[2 * kc2][3]);
-            const u32 a2 = fa_pack(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
-            const u32 a3 = fa_pack(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
+            u32 a[RG][4];
+#pragma unroll
+            for (int g = 0; g < RG; ++g) {
+                a[g][0] = fa_pack(s[g][2 * kc2][0], s[g][2 * kc2][1]);
+                a[g][1] = fa_pack(s[g][2 * kc2][2], s[g][2 * kc2][3]);
+                a[g][2] = fa_pack(s[g][2 * kc2 + 1][0], s[g][2 * kc2 + 1][1]);
+                a[g][3] = fa_pack(s[g][2 * kc2 + 1][2], s[g][2 * kc2 + 1][3]);
+            }
 #pragma unroll
             for (int nd = 0; nd < DC / 16; ++nd) {
                 u32 b0, b1, b2, b3;
                 fa_ldsm4t(b0, b1, b2, b3,
                           V + (kc2 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * VS + nd * 16 + 8 * (lane >> 4));
-                fa_mma(o[2 * nd], a0, a1, a2, a3, b0, b1);
-                fa_mma(o[2 * nd + 1], a0, a1, a2, a3, b2, b3);
+#pragma unroll
+                for (int g = 0; g < RG; ++g) {
+                    fa_mma(o[g][2 * nd], a[g][0], a[g][1], a[g][2], a[g][3], b0, b1);
+                    fa_mma(o[g][2 * nd + 1], a[g][0], a[g][1], a[g][2], a[g][3], b2, b3);
+                }
             }
         }
         __syncthreads();  // this buffer is refilled by the next iteration's prefetch
@@ -255,32 +285,39 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
 
     // Finish: each row's sum over its 4 lanes, divide, write the valid rows.
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-        const float inv = l[i] == 0.0f ? 0.0f : 1.0f / l[i];
-        const int row = warp * 16 + (lane >> 2) + 8 * i;
-        const int tok = row_tok[row];
-        if (tok < 0) continue;
-        const int h = kvh * group + row % group;
-        float* op = out + ((u64)tok * n_head + h) * HD + dc0 + 2 * (lane & 3);
+    for (int g = 0; g < RG; ++g) {
 #pragma unroll
-        for (int n = 0; n < ND; ++n) {
-            *(float2*)(op + 8 * n) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        for (int i = 0; i < 2; ++i) {
+            float li = l[g][i];
+            li += __shfl_xor_sync(0xffffffffu, li, 1);
+            li += __shfl_xor_sync(0xffffffffu, li, 2);
+            const float inv = li == 0.0f ? 0.0f : 1.0f / li;
+            const int row = (warp * RG + g) * 16 + (lane >> 2) + 8 * i;
+            const int tok = row_tok[row];
+            if (tok < 0) continue;
+            const int h = kvh * group + row % group;
+            float* op = out + ((u64)tok * n_head + h) * HD + dc0 + 2 * (lane & 3);
+#pragma unroll
+            for (int n = 0; n < ND; ++n) {
+                *(float2*)(op + 8 * n) = make_float2(o[g][n][2 * i] * inv, o[g][n][2 * i + 1] * inv);
+            }
         }
     }
 }
 
-#define FA_PREFILL(name, HD, DC, BN)                                                                             \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                    \
-        name(const float* q, const u16* kc, const u16* vc, float* out, const u32* positions,                     \
-             const u32* seq_index, const u32* bt_off, const u32* bt_flat, const u32* runs, int n_runs,           \
-             int n_tiles, int tpt, int n_head, int n_kv_head, int kv_dim, int window, float scale) {             \
-        fa_prefill<HD, DC, BN>(q, kc, vc, out, positions, seq_index, bt_off, bt_flat, runs, n_runs, n_tiles,     \
-                               tpt, n_head, n_kv_head, kv_dim, window, scale);                                   \
+// attn_prefill_<HD>_<DC>_<BN>_<RG>: ops/attention.rs lists them with their shared memory.
+#define FA_PREFILL(HD, DC, BN, RG)                                                                              \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_prefill_##HD##_##DC##_##BN##_##RG(            \
+        const float* q, const u16* kc, const u16* vc, float* out, const u32* positions, const u32* seq_index,    \
+        const u32* bt_off, const u32* bt_flat, const u32* runs, int n_runs, int n_tiles, int tpt, int n_head,    \
+        int n_kv_head, int kv_dim, int window, float scale) {                                                   \
+        fa_prefill<HD, DC, BN, RG>(q, kc, vc, out, positions, seq_index, bt_off, bt_flat, runs, n_runs, n_tiles, \
+                                   tpt, n_head, n_kv_head, kv_dim, window, scale);                              \
     }
 
-FA_PREFILL(attn_prefill_64, 64, 64, 64)
-FA_PREFILL(attn_prefill_128, 128, 128, 64)
-FA_PREFILL(attn_prefill_256, 256, 256, 32)
-FA_PREFILL(attn_prefill_512, 512, 256, 32)
+FA_PREFILL(64, 64, 64, 1)
+FA_PREFILL(64, 64, 64, 2)
+FA_PREFILL(128, 128, 64, 1)
+FA_PREFILL(128, 128, 64, 2)
+FA_PREFILL(256, 256, 32, 1)
+FA_PREFILL(512, 256, 32, 1)

@@ -75,6 +75,11 @@ pub struct CudaBackend {
     /// Runs of at least this many consecutive query tokens of one sequence take the prefill
     /// attention kernel (`KESTREL_CUDA_PREFILL_MIN`; `off` never); shorter runs the decode one.
     prefill_min: Mutex<usize>,
+    /// Which of a head dim's prefill kernel configurations runs (None: chosen per step by grid
+    /// size; tests and benchmarks force one).
+    prefill_variant: Mutex<Option<usize>>,
+    /// Multiprocessors on the device.
+    sm_count: usize,
     /// Shared memory a block may opt in to (bytes): which prefill kernels fit on the device.
     smem_optin: usize,
     device_name: String,
@@ -314,7 +319,12 @@ impl CudaBackend {
         let arch = format!("sm_{major}{minor}");
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let smem_optin = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| anyhow!("{e:?}"))? as usize;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("{e:?}"))? as usize;
         let mut funcs = HashMap::new();
         for m in MODULES {
@@ -328,7 +338,8 @@ impl CudaBackend {
         }
         // The prefill attention kernels take their tiles in dynamic shared memory, above the
         // 48 KiB a launch gets without opting in.
-        for (name, bytes) in crate::ops::attention::prefill_kernels() {
+        for c in crate::ops::attention::PREFILL_CFGS {
+            let (name, bytes) = (c.name, c.smem());
             if bytes + crate::ops::attention::PREFILL_STATIC_SMEM <= smem_optin {
                 funcs[name]
                     .set_attribute(
@@ -405,6 +416,8 @@ impl CudaBackend {
             mv_unroll: Mutex::new(mv_unroll),
             gemm,
             prefill_min: Mutex::new(prefill_min),
+            prefill_variant: Mutex::new(None),
+            sm_count,
             smem_optin,
             device_name,
             arch,
@@ -472,6 +485,21 @@ impl CudaBackend {
 
     pub fn prefill_min(&self) -> usize {
         *self.prefill_min.lock().expect("lock")
+    }
+
+    /// Run the `i`-th configuration of the prefill kernel of each head dim
+    /// (`ops::attention::prefill_cfgs`; a head dim with fewer takes the decode kernel), or
+    /// (None) choose per step. For tests and benchmarks.
+    pub fn set_prefill_variant(&self, i: Option<usize>) {
+        *self.prefill_variant.lock().expect("lock") = i;
+    }
+
+    pub fn prefill_variant(&self) -> Option<usize> {
+        *self.prefill_variant.lock().expect("lock")
+    }
+
+    pub(crate) fn sm_count(&self) -> usize {
+        self.sm_count
     }
 
     /// Shared memory (bytes) a block may use on this device, opting in.
@@ -954,11 +982,8 @@ impl Backend for CudaBackend {
             // Then the GEMM path's bf16 input and workspace, when the step may use them.
             crate::ops::gemm::begin_step(self, n, max_cols);
         }
-        let (runs, decode) = crate::ops::attention::split_runs(
-            &step.positions,
-            &step.seq_index,
-            self.prefill_min(),
-        );
+        let (runs, decode) =
+            crate::ops::attention::split_runs(&step.positions, &step.seq_index, self.prefill_min());
         let mut sb = self.step_buf.lock().expect("step buffer lock");
         // Layout: tokens, positions, slots, seq_index [n each], logit rows, block-table offsets
         // [n_seq + 1], prefill runs [2 × n_runs] and decode rows [n_decode] (both empty when no

@@ -114,11 +114,14 @@ pub const MODULES: &[KernelModule] = &[
         name: "attention_prefill",
         headers: &[],
         source: include_str!("../kernels/attention_prefill.cu"),
+        // ops::attention::PREFILL_CFGS, in that order.
         functions: &[
-            "attn_prefill_64",
-            "attn_prefill_128",
-            "attn_prefill_256",
-            "attn_prefill_512",
+            "attn_prefill_64_64_64_1",
+            "attn_prefill_64_64_64_2",
+            "attn_prefill_128_128_64_1",
+            "attn_prefill_128_128_64_2",
+            "attn_prefill_256_256_32_1",
+            "attn_prefill_512_256_32_1",
         ],
     },
     KernelModule {

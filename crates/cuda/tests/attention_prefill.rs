@@ -136,25 +136,89 @@ fn exact(seqs: &[Seq], s: &StepInfo, q: &[f32], geom: AttnGeom) -> Vec<f32> {
 #[ignore = "needs CUDA"]
 fn prefill_attention_matches_exact_and_cpu() {
     let (g, cpu) = (gpu(), CpuBackend::new());
-    let c = |label, n_head, n_kv, hd, window, caps: &[usize], steps: &[&[(usize, usize)]], min| Case {
-        label,
-        n_head,
-        n_kv,
-        hd,
-        window,
-        caps: caps.to_vec(),
-        steps: steps.iter().map(|s| s.to_vec()).collect(),
-        min,
-    };
+    let c =
+        |label, n_head, n_kv, hd, window, caps: &[usize], steps: &[&[(usize, usize)]], min| Case {
+            label,
+            n_head,
+            n_kv,
+            hd,
+            window,
+            caps: caps.to_vec(),
+            steps: steps.iter().map(|s| s.to_vec()).collect(),
+            min,
+        };
     let cases = [
         c("hd64 gqa1 prompt 1", 4, 4, 64, None, &[1], &[&[(0, 1)]], 1),
-        c("hd64 gqa1 prompt 100", 8, 8, 64, None, &[100], &[&[(0, 100)]], 1),
-        c("hd128 gqa4 prompt 511", 32, 8, 128, None, &[511], &[&[(0, 511)]], 1),
-        c("hd128 gqa8 window 100, prompt 1000", 8, 1, 128, Some(100), &[1000], &[&[(0, 1000)]], 1),
-        c("hd256 gqa4 window 37, prompt 17 then 100", 8, 2, 256, Some(37), &[117], &[&[(0, 17)], &[(0, 100)]], 1),
-        c("hd256 gqa1 window 64, prompt 200", 4, 4, 256, Some(64), &[200], &[&[(0, 200)]], 1),
-        c("hd512 gqa8 prompt 17 then 150", 8, 1, 512, None, &[167], &[&[(0, 17)], &[(0, 150)]], 1),
-        c("hd512 gqa1 window 50, two sequences", 4, 4, 512, Some(50), &[60, 45], &[&[(0, 60), (1, 45)]], 1),
+        c(
+            "hd64 gqa1 prompt 100",
+            8,
+            8,
+            64,
+            None,
+            &[100],
+            &[&[(0, 100)]],
+            1,
+        ),
+        c(
+            "hd128 gqa4 prompt 511",
+            32,
+            8,
+            128,
+            None,
+            &[511],
+            &[&[(0, 511)]],
+            1,
+        ),
+        c(
+            "hd128 gqa8 window 100, prompt 1000",
+            8,
+            1,
+            128,
+            Some(100),
+            &[1000],
+            &[&[(0, 1000)]],
+            1,
+        ),
+        c(
+            "hd256 gqa4 window 37, prompt 17 then 100",
+            8,
+            2,
+            256,
+            Some(37),
+            &[117],
+            &[&[(0, 17)], &[(0, 100)]],
+            1,
+        ),
+        c(
+            "hd256 gqa1 window 64, prompt 200",
+            4,
+            4,
+            256,
+            Some(64),
+            &[200],
+            &[&[(0, 200)]],
+            1,
+        ),
+        c(
+            "hd512 gqa8 prompt 17 then 150",
+            8,
+            1,
+            512,
+            None,
+            &[167],
+            &[&[(0, 17)], &[(0, 150)]],
+            1,
+        ),
+        c(
+            "hd512 gqa1 window 50, two sequences",
+            4,
+            4,
+            512,
+            Some(50),
+            &[60, 45],
+            &[&[(0, 60), (1, 45)]],
+            1,
+        ),
         // The default split: runs of >= 16 tokens prefill, the rest (a decode token, a short
         // chunk) the decode kernel, in one step.
         c(
@@ -224,34 +288,40 @@ fn prefill_attention_matches_exact_and_cpu() {
             }
             let qd = case.n_head * case.hd;
             let q = normals(&mut r, n * qd, 1.5);
-            let mut og = g.alloc(n, qd);
-            g.fill(&mut og, f32::NAN);
+            let qg = gpu_in(&g, n, qd, &q);
             let mut oc = cpu.alloc(n, qd);
             oc.data.fill(f32::NAN);
-            g.attention(&gpu_in(&g, n, qd, &q), &kvg, geom, &sg, &mut og);
             cpu.attention(&cpu_in(&cpu, n, qd, &q), &kvc, geom, &sc, &mut oc);
-            let got = g.read(&og);
             let want = exact(&seqs, &s, &q, geom);
             for &(q, cnt) in chunks {
                 seqs[q].len += cnt;
             }
-            let (e_gpu, e_cpu, e_gc) = (
-                rel_err(&got, &want),
-                rel_err(&oc.data, &want),
-                rel_err(&got, &oc.data),
-            );
-            println!(
-                "{} (step {si}: {n} tokens, {} prefill runs, {} decode): vs exact GPU {e_gpu:.2e}, CPU {e_cpu:.2e}; GPU vs CPU {e_gc:.2e}",
-                case.label,
-                sg.prefill_lens.len(),
-                sg.n_decode,
-            );
-            assert!(e_gpu <= 1e-3, "{}: GPU vs exact {e_gpu}", case.label);
-            assert!(
-                e_gc <= e_cpu + 1e-3,
-                "{}: GPU vs CPU {e_gc} (CPU vs exact {e_cpu})",
-                case.label
-            );
+            let e_cpu = rel_err(&oc.data, &want);
+            // Every compiled configuration of the kernel for this head dim.
+            let cfgs = kestrel_cuda::ops::attention::prefill_cfgs(case.hd);
+            for v in (0..cfgs.len()).map(Some).chain([None]) {
+                let name = v.map_or("auto", |i| cfgs[i].name);
+                g.set_prefill_variant(v);
+                let mut og = g.alloc(n, qd);
+                g.fill(&mut og, f32::NAN);
+                g.attention(&qg, &kvg, geom, &sg, &mut og);
+                let got = g.read(&og);
+                let (e_gpu, e_gc) = (rel_err(&got, &want), rel_err(&got, &oc.data));
+                println!(
+                    "{} [{}] (step {si}: {n} tokens, {} prefill runs, {} decode): vs exact GPU {e_gpu:.2e}, CPU {e_cpu:.2e}; GPU vs CPU {e_gc:.2e}",
+                    case.label,
+                    name,
+                    sg.prefill_lens.len(),
+                    sg.n_decode,
+                );
+                assert!(e_gpu <= 1e-3, "{} {name}: GPU vs exact {e_gpu}", case.label);
+                assert!(
+                    e_gc <= e_cpu + 1e-3,
+                    "{} {name}: GPU vs CPU {e_gc} (CPU vs exact {e_cpu})",
+                    case.label
+                );
+            }
+            g.set_prefill_variant(None);
         }
     }
 }
@@ -361,25 +431,39 @@ fn prefill_attention_report() {
     let shapes = [
         ("qwen3-8b 32/8×128", geom(32, 8, 128, None), 512usize),
         ("qwen3-8b 32/8×128", geom(32, 8, 128, None), 4096),
-        ("gemma3-4b sliding 8/4×256 w1024", geom(8, 4, 256, Some(1024)), 4096),
+        (
+            "gemma3-4b sliding 8/4×256 w1024",
+            geom(8, 4, 256, Some(1024)),
+            4096,
+        ),
         ("gemma3-4b global 8/4×256", geom(8, 4, 256, None), 4096),
         ("gemma4 global 8/2×512", geom(8, 2, 512, None), 4096),
-        ("gemma4 sliding 8/2×256 w512", geom(8, 2, 256, Some(512)), 4096),
+        (
+            "gemma4 sliding 8/2×256 w512",
+            geom(8, 2, 256, Some(512)),
+            4096,
+        ),
     ];
-    println!("| shape | tokens | prefill µs | TFLOP/s | % of 800 | decode kernel µs | speedup |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| shape | tokens | kernel | prefill µs | TFLOP/s | % of 800 | decode kernel µs | speedup |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for (label, gm, n) in shapes {
         let (kv, table) = filled_cache(&g, gm.n_kv_head * gm.head_dim, n, &mut r);
-        let tp = time_run(&g, &kv, &table, gm, 0, n, 1, 10, &mut r);
         let td = time_run(&g, &kv, &table, gm, 0, n, usize::MAX, 2, &mut r);
-        let tf = flops(gm, 0, n) / tp / 1e12;
-        println!(
-            "| {label} | {n} | {:.1} | {tf:.1} | {:.0}% | {:.1} | {:.1}× |",
-            tp * 1e6,
-            tf / 8.0,
-            td * 1e6,
-            td / tp
-        );
+        let cfgs = kestrel_cuda::ops::attention::prefill_cfgs(gm.head_dim);
+        for v in (0..cfgs.len()).map(Some).chain([None]) {
+            g.set_prefill_variant(v);
+            let tp = time_run(&g, &kv, &table, gm, 0, n, 1, 10, &mut r);
+            let tf = flops(gm, 0, n) / tp / 1e12;
+            println!(
+                "| {label} | {n} | {} | {:.1} | {tf:.1} | {:.0}% | {:.1} | {:.1}× |",
+                v.map_or("auto (default)", |i| cfgs[i].name),
+                tp * 1e6,
+                tf / 8.0,
+                td * 1e6,
+                td / tp
+            );
+        }
+        g.set_prefill_variant(None);
     }
     // A 4096-token prompt in 512-token chunks (`kestrel bench` default ubatch): every chunk
     // attends to the cache before it.
@@ -388,7 +472,10 @@ fn prefill_attention_report() {
     println!("| --- | ---: | ---: | ---: |");
     for (label, gm) in [
         ("qwen3-8b 32/8×128", geom(32, 8, 128, None)),
-        ("gemma3-4b sliding 8/4×256 w1024", geom(8, 4, 256, Some(1024))),
+        (
+            "gemma3-4b sliding 8/4×256 w1024",
+            geom(8, 4, 256, Some(1024)),
+        ),
         ("gemma3-4b global 8/4×256", geom(8, 4, 256, None)),
     ] {
         let (kv, table) = filled_cache(&g, gm.n_kv_head * gm.head_dim, 4096, &mut r);
@@ -405,6 +492,21 @@ fn prefill_attention_report() {
             td * 1e6
         );
     }
+    // The same for each configuration of the qwen3 kernel (sum over the 8 chunks).
+    let gm = geom(32, 8, 128, None);
+    let (kv, table) = filled_cache(&g, gm.n_kv_head * gm.head_dim, 4096, &mut r);
+    for (vi, cfg) in kestrel_cuda::ops::attention::prefill_cfgs(128)
+        .iter()
+        .enumerate()
+    {
+        g.set_prefill_variant(Some(vi));
+        let tp: f64 = (0..8)
+            .map(|c| time_run(&g, &kv, &table, gm, 512 * c, 512, 1, 10, &mut r))
+            .sum();
+        println!("| qwen3-8b chunked, {} | {:.1} | | |", cfg.name, tp * 1e6);
+    }
+    g.set_prefill_variant(None);
+    drop(kv);
     // Threshold: a run of n new tokens after `ctx` cached ones, each kernel.
     println!();
     println!("| qwen3-8b 32/8×128: run of n tokens after ctx | prefill µs | decode kernel µs |");
@@ -415,11 +517,7 @@ fn prefill_attention_report() {
         for n in [1usize, 2, 4, 8, 16, 32, 64] {
             let tp = time_run(&g, &kv, &table, gm, ctx, n, 1, 50, &mut r);
             let td = time_run(&g, &kv, &table, gm, ctx, n, usize::MAX, 50, &mut r);
-            println!(
-                "| n {n} after {ctx} | {:.1} | {:.1} |",
-                tp * 1e6,
-                td * 1e6
-            );
+            println!("| n {n} after {ctx} | {:.1} | {:.1} |", tp * 1e6, td * 1e6);
         }
     }
     g.set_prefill_min(kestrel_cuda::ops::attention::PREFILL_MIN_TOKENS);

@@ -33,40 +33,84 @@ pub fn splits(max_keys: usize) -> usize {
     }
 }
 
-/// Runs shorter than this many query tokens take the decode kernel (chosen by measurement on the
-/// H200: docs/benchmarks/cuda-prefill-attention.md).
-pub const PREFILL_MIN_TOKENS: usize = 16;
+/// Runs shorter than this many query tokens take the decode kernel. Measured on the H200
+/// (docs/benchmarks/cuda-prefill-attention.md, qwen3-8b shapes): after 512 cached keys the two
+/// kernels tie at 4 tokens, after 4096 the decode kernel still wins at 4 (its key splits fill
+/// the GPU; a prefill tile walks all keys in one block) and loses from 8 on.
+pub const PREFILL_MIN_TOKENS: usize = 8;
 
-/// Rows of a prefill query tile (kernels/attention_prefill.cu `FA_BM`): tokens × grouped heads.
-pub const PREFILL_ROWS: usize = 64;
+/// One compiled configuration of the prefill kernel (kernels/attention_prefill.cu
+/// `attn_prefill_<hd>_<dc>_<bn>_<rg>`).
+#[derive(Clone, Copy, Debug)]
+pub struct PrefillCfg {
+    pub name: &'static str,
+    pub head_dim: usize,
+    /// Output dims per block (blockIdx.z chunks: S is recomputed per chunk).
+    pub dc: usize,
+    /// Keys per tile.
+    pub bn: usize,
+    /// 16-row groups per warp (a tile is 64 × rg rows: tokens × grouped heads).
+    pub rg: usize,
+}
 
-/// The prefill kernel for a head dim: (name, output dims per block, keys per tile).
-fn prefill_kernel(head_dim: usize) -> Option<(&'static str, usize, usize)> {
-    match head_dim {
-        64 => Some(("attn_prefill_64", 64, 64)),
-        128 => Some(("attn_prefill_128", 128, 64)),
-        256 => Some(("attn_prefill_256", 256, 32)),
-        512 => Some(("attn_prefill_512", 256, 32)),
-        _ => None,
+impl PrefillCfg {
+    pub fn rows(&self) -> usize {
+        64 * self.rg
     }
+    /// Dynamic shared memory: the Q tile and two stages of K and V tiles, rows padded by 8
+    /// halves.
+    pub fn smem(&self) -> usize {
+        let hd = self.head_dim;
+        2 * (self.rows() * (hd + 8) + 2 * self.bn * (hd + 8) + 2 * self.bn * (self.dc + 8))
+    }
+}
+
+const fn cfg(name: &'static str, head_dim: usize, dc: usize, bn: usize, rg: usize) -> PrefillCfg {
+    PrefillCfg {
+        name,
+        head_dim,
+        dc,
+        bn,
+        rg,
+    }
+}
+
+/// Every compiled configuration. Per head dim the first (16 rows per warp) is the default; where
+/// a second exists (32 rows per warp: each K/V fragment read from shared memory feeds twice the
+/// MMAs, but half the tiles) it runs when the grid is large (`PREFILL_WIDE_WAVES`). Measured on
+/// the H200 (docs/benchmarks/cuda-prefill-attention.md): 32-key tiles at hd 128 and 64-key tiles
+/// at hd 256, or 16-key tiles at hd 512, were slower everywhere and are not built.
+pub const PREFILL_CFGS: [PrefillCfg; 6] = [
+    cfg("attn_prefill_64_64_64_1", 64, 64, 64, 1),
+    cfg("attn_prefill_64_64_64_2", 64, 64, 64, 2),
+    cfg("attn_prefill_128_128_64_1", 128, 128, 64, 1),
+    cfg("attn_prefill_128_128_64_2", 128, 128, 64, 2),
+    cfg("attn_prefill_256_256_32_1", 256, 256, 32, 1),
+    cfg("attn_prefill_512_256_32_1", 512, 256, 32, 1),
+];
+
+/// The 32-rows-per-warp configuration runs when its grid has at least this many blocks per SM:
+/// a 4096-token prompt in one pass (qwen3-8b shapes, 1024 blocks: 824 µs against 957), not a
+/// 512-token chunk (128 blocks: 41 µs against 36).
+pub const PREFILL_WIDE_WAVES: usize = 4;
+
+/// The configurations for a head dim, default first (empty: no prefill kernel for it).
+pub fn prefill_cfgs(head_dim: usize) -> Vec<PrefillCfg> {
+    PREFILL_CFGS
+        .iter()
+        .filter(|c| c.head_dim == head_dim)
+        .copied()
+        .collect()
+}
+
+/// Query tiles of the step's prefill runs for `c`: per run ceil(len / tokens per tile).
+fn n_tiles(c: &PrefillCfg, group: usize, lens: &[u32]) -> usize {
+    let tpt = c.rows() / group;
+    lens.iter().map(|&l| (l as usize).div_ceil(tpt)).sum()
 }
 
 /// Static shared memory of the prefill kernels (row tables), with room to spare.
 pub(crate) const PREFILL_STATIC_SMEM: usize = 1024;
-
-/// Dynamic shared memory of a prefill kernel: the Q tile and two stages of K and V tiles, rows
-/// padded by 8 halves.
-fn prefill_smem(head_dim: usize) -> usize {
-    let (_, dc, bn) = prefill_kernel(head_dim).expect("a prefill head dim");
-    2 * (PREFILL_ROWS * (head_dim + 8) + 2 * bn * (head_dim + 8) + 2 * bn * (dc + 8))
-}
-
-/// Every prefill kernel and the dynamic shared memory it launches with.
-pub fn prefill_kernels() -> impl Iterator<Item = (&'static str, usize)> {
-    [64, 128, 256, 512]
-        .into_iter()
-        .map(|hd| (prefill_kernel(hd).expect("listed").0, prefill_smem(hd)))
-}
 
 /// Split a step's tokens into prefill runs and decode tokens. A run is a maximal stretch of
 /// consecutive tokens of one sequence at consecutive positions (a prompt or a chunk of one);
@@ -169,12 +213,23 @@ pub fn attention(
         return;
     }
     let group = g.n_head / g.n_kv_head;
-    let prefill = prefill_kernel(g.head_dim).filter(|_| {
-        !step.prefill_lens.is_empty()
-            && group <= PREFILL_ROWS
-            && prefill_smem(g.head_dim) + PREFILL_STATIC_SMEM <= b.smem_optin()
-    });
-    let Some((kernel, dc, _)) = prefill else {
+    let fits =
+        |c: &&PrefillCfg| group <= c.rows() && c.smem() + PREFILL_STATIC_SMEM <= b.smem_optin();
+    let cfgs = prefill_cfgs(g.head_dim);
+    let prefill = match b.prefill_variant() {
+        Some(i) => cfgs.get(i),
+        None => cfgs
+            .iter()
+            .filter(fits)
+            .filter(|c| {
+                let blocks = n_tiles(c, group, &step.prefill_lens) * g.n_kv_head;
+                c.rg == 1 || blocks >= PREFILL_WIDE_WAVES * b.sm_count()
+            })
+            .last(),
+    }
+    .filter(fits)
+    .filter(|_| !step.prefill_lens.is_empty());
+    let Some(c) = prefill else {
         decode(b, q, kv, g, step, out, n, 0);
         return;
     };
@@ -184,22 +239,18 @@ pub fn attention(
         q.rows,
         step.n_tokens
     );
-    // Query tiles: `tpt` tokens × `group` heads; per run ceil(len / tpt) tiles.
-    let tpt = PREFILL_ROWS / group;
-    let n_tiles: usize = step
-        .prefill_lens
-        .iter()
-        .map(|&l| (l as usize).div_ceil(tpt))
-        .sum();
+    // Query tiles: `tpt` tokens × `group` heads.
+    let tpt = c.rows() / group;
+    let n_tiles = n_tiles(c, group, &step.prefill_lens);
     b.launch_w(
-        kernel,
+        c.name,
         (
             n_tiles as u32,
             g.n_kv_head as u32,
-            (g.head_dim / dc) as u32,
+            (g.head_dim / c.dc) as u32,
         ),
         (128, 1, 1),
-        prefill_smem(g.head_dim) as u32,
+        c.smem() as u32,
         &[
             Arg::Ptr(q.ptr),
             Arg::Ptr(kv.k),
@@ -246,7 +297,8 @@ fn decode(
     };
     // Partials are indexed by token, so with a row list they cover the whole step.
     let n_part = if rows == 0 { n } else { step.n_tokens };
-    let part = (n_splits > 1).then(|| b.scratch(n_part * g.n_head * n_splits * (g.head_dim + 2) * 4));
+    let part =
+        (n_splits > 1).then(|| b.scratch(n_part * g.n_head * n_splits * (g.head_dim + 2) * 4));
     let part_ptr = part.as_ref().map_or(0, |p| p.ptr);
     b.launch_w(
         kernel,
@@ -316,8 +368,22 @@ mod tests {
 
     #[test]
     fn prefill_tiles_fit_the_h100_h200_shared_memory() {
-        for (name, bytes) in prefill_kernels() {
-            assert!(bytes <= 227 * 1024, "{name}: {bytes} bytes");
+        for c in PREFILL_CFGS {
+            assert!(
+                c.smem() + PREFILL_STATIC_SMEM <= 227 * 1024,
+                "{}: {} bytes",
+                c.name,
+                c.smem()
+            );
+            assert!(c.head_dim.is_multiple_of(c.dc) && c.bn.is_multiple_of(16));
         }
+        for hd in [64, 128, 256, 512] {
+            assert!(!prefill_cfgs(hd).is_empty());
+        }
+        let m = crate::kernels::MODULES
+            .iter()
+            .find(|m| m.name == "attention_prefill")
+            .expect("module");
+        assert_eq!(m.functions, PREFILL_CFGS.map(|c| c.name));
     }
 }
