@@ -2,15 +2,16 @@
 // GQA, over the paged f16 KV cache. For runs of many query tokens of one sequence; decode tokens
 // keep attention.cu.
 //
-// Work: grid = (n_tiles, n_kv_head, HD / DC), FA_THREADS (4 warps) per block. A query tile is
-// BM = 64 × RG rows = `tpt` consecutive tokens of one run × the `group` query heads that share KV head
+// Work: grid = (n_tiles, n_kv_head, HD / DC), NW warps per block. A query tile is
+// BM = 16 × RG × NW rows = `tpt` consecutive tokens of one run × the `group` query heads that share KV head
 // blockIdx.y (row r: token r / group, head kvh * group + r % group), so each K/V tile is loaded
 // once for the whole group. The runs (first token, count; consecutive positions of one sequence)
 // come from the step buffer (backend.rs `begin_step`); a block finds its tile by walking them,
 // heaviest tiles (the last of a run: the most keys) first. Tiles never straddle runs.
 //
 // Per block: Q (rounded to f16, as the CPU does) staged in shared memory once; key tiles of BN
-// keys from the run's first row's window start to its last row's position, K and V rows fetched
+// keys from the run's first row's window start (rounded down to a multiple of BN) to its last
+// row's position, K and V rows fetched
 // through the block table with 16-byte asynchronous copies, double buffered (tile i + 1 in
 // flight while tile i is computed). Key tiles the window excludes for every row are never
 // visited; only tiles cut by the diagonal or a row's window edge pay for the mask. Each warp owns
@@ -24,7 +25,6 @@
 // Shared-memory rows are padded by 8 halves (16 bytes) so the 8 rows an ldmatrix phase reads
 // fall in distinct banks.
 
-#define FA_THREADS 128
 #define FA_MAX_BM 128
 
 __device__ __forceinline__ u32 fa_smem_addr(const void* p) {
@@ -68,12 +68,13 @@ __device__ __forceinline__ float fa_exp2(float x) {
     return y;
 }
 
-template <int HD, int DC, int BN, int RG>
+template <int HD, int DC, int BN, int RG, int NW>
 __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const u16* vc, float* out,
                                            const u32* positions, const u32* seq_index, const u32* bt_off,
                                            const u32* bt_flat, const u32* runs, int n_runs, int n_tiles, int tpt,
                                            int n_head, int n_kv_head, int kv_dim, int window, float scale) {
-    constexpr int BM = 64 * RG;
+    constexpr int BM = 16 * RG * NW;
+    constexpr int FA_THREADS = 32 * NW;
     constexpr int QS = HD + 8, KS = HD + 8, VS = DC + 8;
     constexpr int NT = BN / 8;   // key n-tiles of S
     constexpr int ND = DC / 8;   // dim n-tiles of O
@@ -163,7 +164,11 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
         l[g][0] = l[g][1] = 0.0f;
     }
     const float sl2 = scale * 1.4426950408889634f;
-    const int n_kt = (pmax + 1 - lo + BN - 1) / BN;
+    // Key tiles start at multiples of BN whatever the tile's rows, so a row's arithmetic (the
+    // order of its online-softmax updates) is the same in every tile and step: a token gets the
+    // same bits in any chunk (Backend::chunk_invariant).
+    const int k_first = lo - lo % BN;
+    const int n_kt = (pmax + 1 - k_first + BN - 1) / BN;
     __syncthreads();  // row_pos
     int rp[RG][2];
 #pragma unroll
@@ -172,10 +177,10 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
         rp[g][1] = row_pos[(warp * RG + g) * 16 + (lane >> 2) + 8];
     }
 
-    load_kv(0, lo);
+    load_kv(0, k_first);
     fa_commit();
     for (int it = 0; it < n_kt; ++it) {
-        const int k0 = lo + it * BN;
+        const int k0 = k_first + it * BN;
         if (it + 1 < n_kt) load_kv((it + 1) & 1, k0 + BN);
         fa_commit();
         fa_wait1();
@@ -210,7 +215,7 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
         }
 
         // Scale (log2 domain), mask where the tile is cut, online softmax.
-        const bool cut = k0 + BN - 1 > pmin || (window > 0 && k0 <= pmax - window);
+        const bool cut = k0 + BN - 1 > pmin || k0 < lo || (window > 0 && k0 <= pmax - window);
 #pragma unroll
         for (int g = 0; g < RG; ++g) {
             float mx[2] = {m[g][0], m[g][1]};
@@ -234,7 +239,8 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
                 mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
                 mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
                 mu[i] = mx[i] == -KS_INF ? 0.0f : mx[i];  // a row with no key yet: no NaN from inf - inf
-                alpha[i] = fa_exp2(m[g][i] - mu[i]);
+                // Exactly 1 when the maximum stays (a tile a row sees nothing of changes nothing).
+                alpha[i] = mx[i] == m[g][i] ? 1.0f : fa_exp2(m[g][i] - mu[i]);
                 m[g][i] = mx[i];
             }
 #pragma unroll
@@ -305,19 +311,23 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
     }
 }
 
-// attn_prefill_<HD>_<DC>_<BN>_<RG>: ops/attention.rs lists them with their shared memory.
-#define FA_PREFILL(HD, DC, BN, RG)                                                                              \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_prefill_##HD##_##DC##_##BN##_##RG(            \
+// attn_prefill_<HD>_<DC>_<BN>_<RG>x<NW>: ops/attention.rs lists them with their shared memory.
+#define FA_PREFILL(HD, DC, BN, RG, NW)                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * NW) attn_prefill_##HD##_##DC##_##BN##_##RG##x##NW(       \
         const float* q, const u16* kc, const u16* vc, float* out, const u32* positions, const u32* seq_index,    \
         const u32* bt_off, const u32* bt_flat, const u32* runs, int n_runs, int n_tiles, int tpt, int n_head,    \
         int n_kv_head, int kv_dim, int window, float scale) {                                                   \
-        fa_prefill<HD, DC, BN, RG>(q, kc, vc, out, positions, seq_index, bt_off, bt_flat, runs, n_runs, n_tiles, \
-                                   tpt, n_head, n_kv_head, kv_dim, window, scale);                              \
+        fa_prefill<HD, DC, BN, RG, NW>(q, kc, vc, out, positions, seq_index, bt_off, bt_flat, runs, n_runs,      \
+                                       n_tiles, tpt, n_head, n_kv_head, kv_dim, window, scale);                 \
     }
 
-FA_PREFILL(64, 64, 64, 1)
-FA_PREFILL(64, 64, 64, 2)
-FA_PREFILL(128, 128, 64, 1)
-FA_PREFILL(128, 128, 64, 2)
-FA_PREFILL(256, 256, 32, 1)
-FA_PREFILL(512, 256, 32, 1)
+FA_PREFILL(64, 64, 64, 1, 4)
+FA_PREFILL(64, 64, 64, 2, 4)
+FA_PREFILL(64, 64, 64, 1, 2)
+FA_PREFILL(128, 128, 64, 1, 4)
+FA_PREFILL(128, 128, 64, 2, 4)
+FA_PREFILL(128, 128, 64, 1, 2)
+FA_PREFILL(256, 256, 32, 1, 4)
+FA_PREFILL(256, 256, 32, 1, 2)
+FA_PREFILL(512, 256, 32, 1, 4)
+FA_PREFILL(512, 256, 32, 1, 2)

@@ -20,7 +20,7 @@ use cudarc::driver::{
     result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
 };
 use cudarc::nvrtc::Ptx;
-use kestrel_engine::{AttnGeom, Backend, StepInfo, WeightRef};
+use kestrel_engine::{AttnGeom, Backend, Chunk, StepInfo, WeightRef};
 use kestrel_gguf::GgmlType;
 use kestrel_model::{FfnKind, RopeSpec};
 
@@ -982,8 +982,12 @@ impl Backend for CudaBackend {
             // Then the GEMM path's bf16 input and workspace, when the step may use them.
             crate::ops::gemm::begin_step(self, n, max_cols);
         }
-        let (runs, decode) =
-            crate::ops::attention::split_runs(&step.positions, &step.seq_index, self.prefill_min());
+        let (runs, decode) = crate::ops::attention::split_runs(
+            &step.positions,
+            &step.seq_index,
+            &step.chunks,
+            self.prefill_min(),
+        );
         let mut sb = self.step_buf.lock().expect("step buffer lock");
         // Layout: tokens, positions, slots, seq_index [n each], logit rows, block-table offsets
         // [n_seq + 1], prefill runs [2 × n_runs] and decode rows [n_decode] (both empty when no
@@ -1161,6 +1165,15 @@ impl Backend for CudaBackend {
         // SAFETY: both tensors hold `len` f32s; stream-ordered.
         unsafe { cu::memcpy_dtod_async(dst.ptr, src.ptr, src.len() * 4, self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("device copy: {e:?}"));
+    }
+
+    /// Tokens of chunks that take the prefill attention kernel get the same bits in any chunk
+    /// and step (its key tiles are aligned to absolute positions and each row's arithmetic is
+    /// its own; the matvecs are batch-invariant). Shorter chunks take the decode kernel, whose
+    /// key splits follow the step's longest context. Assumes the model's head dims have a
+    /// prefill kernel (64, 128, 256, 512; others take the decode kernel throughout).
+    fn chunk_invariant(&self, chunk: Chunk) -> bool {
+        chunk.len as usize >= self.prefill_min()
     }
 
     fn read(&self, x: &CudaTensor) -> Vec<f32> {

@@ -19,7 +19,7 @@ use common::*;
 use kestrel_cpu::backend::CpuTensor;
 use kestrel_cpu::CpuBackend;
 use kestrel_cuda::{CudaBackend, CudaKv, CudaTensor};
-use kestrel_engine::{AttnGeom, Backend, StepInfo};
+use kestrel_engine::{AttnGeom, Backend, Chunk, StepInfo};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -396,6 +396,7 @@ fn time_run(
         seq_index: vec![0; n],
         block_tables: vec![table.to_vec()],
         logit_rows: vec![n as u32 - 1],
+        chunks: Vec::new(), // runs split by length (`min`)
     };
     let sg = g.begin_step(&s);
     let q = gpu_in(g, n, qd, &normals(r, n * qd, 1.5));
@@ -519,6 +520,113 @@ fn prefill_attention_report() {
             let td = time_run(&g, &kv, &table, gm, ctx, n, usize::MAX, 50, &mut r);
             println!("| n {n} after {ctx} | {:.1} | {:.1} |", tp * 1e6, td * 1e6);
         }
+    }
+    g.set_prefill_min(kestrel_cuda::ops::attention::PREFILL_MIN_TOKENS);
+}
+
+/// A token's prefill attention is the same bits whatever chunk, step and tile it is computed in
+/// (and whichever configuration of the kernel runs): one 100-token run against the same tokens
+/// in three chunks over three steps, one shared with another sequence's decode token. What
+/// `CudaBackend::chunk_invariant` promises for prefix reuse.
+#[test]
+#[ignore = "needs CUDA"]
+fn prefill_rows_are_the_same_bits_in_any_chunk() {
+    let g = gpu();
+    g.set_prefill_min(8);
+    for (k, (n_head, n_kv, hd, window)) in [
+        (16usize, 4usize, 128usize, Some(37usize)),
+        (8, 1, 512, None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = rng(500 + k as u64);
+        let kv_dim = n_kv * hd;
+        let qd = n_head * hd;
+        let (tbl, n_slots) = tables(&[100, 20], &mut r);
+        let mut kv = g.alloc_kv(n_slots, kv_dim).unwrap();
+        // Fill both sequences' caches: 100 tokens of A, 20 of B.
+        let seqs: Vec<Seq> = tbl
+            .into_iter()
+            .map(|table| Seq {
+                table,
+                k: Vec::new(),
+                v: Vec::new(),
+                len: 0,
+            })
+            .collect();
+        let fill = step_info(&seqs, &[(0, 100), (1, 20)]);
+        let sf = g.begin_step(&fill);
+        g.kv_write(
+            &gpu_in(&g, 120, kv_dim, &normals(&mut r, 120 * kv_dim, 1.5)),
+            &gpu_in(&g, 120, kv_dim, &normals(&mut r, 120 * kv_dim, 1.0)),
+            &mut kv,
+            &sf,
+        );
+        let q = normals(&mut r, 101 * qd, 1.5);
+        let geom = AttnGeom {
+            n_head,
+            n_kv_head: n_kv,
+            head_dim: hd,
+            window,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        // Attention of sequence A's tokens [start, start + len) as one chunk, with B's token 19
+        // appended when `with_b`.
+        let run = |start: usize, len: usize, with_b: bool| -> Vec<f32> {
+            let mut s = StepInfo::default();
+            for p in start..start + len {
+                s.tokens.push(0);
+                s.positions.push(p as u32);
+                s.slots.push(seqs[0].table[p / 16] * 16 + (p % 16) as u32);
+                s.seq_index.push(0);
+                s.chunks.push(Chunk {
+                    len: len as u32,
+                    index: (p - start) as u32,
+                });
+            }
+            let mut qq = q[start * qd..(start + len) * qd].to_vec();
+            if with_b {
+                s.tokens.push(0);
+                s.positions.push(19);
+                s.slots.push(seqs[1].table[1] * 16 + 3);
+                s.seq_index.push(1);
+                s.chunks.push(Chunk::SINGLE);
+                qq.extend_from_slice(&q[100 * qd..]);
+            }
+            s.block_tables = seqs.iter().map(|q| q.table.clone()).collect();
+            s.logit_rows = vec![0];
+            let n = s.tokens.len();
+            let sg = g.begin_step(&s);
+            let mut o = g.alloc(n, qd);
+            g.fill(&mut o, f32::NAN);
+            g.attention(&gpu_in(&g, n, qd, &qq), &kv, geom, &sg, &mut o);
+            let mut out = g.read(&o);
+            out.truncate(len * qd);
+            out
+        };
+        let cfgs = kestrel_cuda::ops::attention::prefill_cfgs(hd);
+        g.set_prefill_variant(None);
+        let whole = run(0, 100, false);
+        assert!(whole.iter().all(|x| x.is_finite()), "unwritten output");
+        for v in (0..cfgs.len()).map(Some).chain([None]) {
+            g.set_prefill_variant(v);
+            let mut parts = run(0, 30, false);
+            parts.extend(run(30, 47, true));
+            parts.extend(run(77, 23, false));
+            let differ = parts
+                .iter()
+                .zip(&whole)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            println!(
+                "hd {hd} window {window:?} [{}]: {differ} of {} values differ from the one-run result",
+                v.map_or("auto", |i| cfgs[i].name),
+                whole.len()
+            );
+            assert_eq!(differ, 0, "hd {hd}: chunked prefill changed bits");
+        }
+        g.set_prefill_variant(None);
     }
     g.set_prefill_min(kestrel_cuda::ops::attention::PREFILL_MIN_TOKENS);
 }

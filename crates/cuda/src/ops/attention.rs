@@ -4,7 +4,7 @@
 //! launch of `n_splits` key splits per (head, token), plus a combine launch when there are
 //! several.
 
-use kestrel_engine::AttnGeom;
+use kestrel_engine::{AttnGeom, Chunk};
 
 use crate::backend::{Arg, CudaBackend, CudaKv, CudaStep, CudaTensor};
 
@@ -40,7 +40,7 @@ pub fn splits(max_keys: usize) -> usize {
 pub const PREFILL_MIN_TOKENS: usize = 8;
 
 /// One compiled configuration of the prefill kernel (kernels/attention_prefill.cu
-/// `attn_prefill_<hd>_<dc>_<bn>_<rg>`).
+/// `attn_prefill_<hd>_<dc>_<bn>_<rg>x<nw>`).
 #[derive(Clone, Copy, Debug)]
 pub struct PrefillCfg {
     pub name: &'static str,
@@ -49,13 +49,20 @@ pub struct PrefillCfg {
     pub dc: usize,
     /// Keys per tile.
     pub bn: usize,
-    /// 16-row groups per warp (a tile is 64 × rg rows: tokens × grouped heads).
+    /// 16-row groups per warp.
     pub rg: usize,
+    /// Warps per block (a tile is 16 × rg × nw rows: tokens × grouped heads).
+    pub nw: usize,
+    /// Chosen only when its grid has at least this many blocks per SM (`prefill_cfg`).
+    pub min_waves: usize,
 }
 
 impl PrefillCfg {
     pub fn rows(&self) -> usize {
-        64 * self.rg
+        16 * self.rg * self.nw
+    }
+    pub fn threads(&self) -> u32 {
+        32 * self.nw as u32
     }
     /// Dynamic shared memory: the Q tile and two stages of K and V tiles, rows padded by 8
     /// halves.
@@ -65,36 +72,45 @@ impl PrefillCfg {
     }
 }
 
-const fn cfg(name: &'static str, head_dim: usize, dc: usize, bn: usize, rg: usize) -> PrefillCfg {
+const fn cfg(
+    name: &'static str,
+    (head_dim, dc, bn): (usize, usize, usize),
+    (rg, nw): (usize, usize),
+    min_waves: usize,
+) -> PrefillCfg {
     PrefillCfg {
         name,
         head_dim,
         dc,
         bn,
         rg,
+        nw,
+        min_waves,
     }
 }
 
-/// Every compiled configuration. Per head dim the first (16 rows per warp) is the default; where
-/// a second exists (32 rows per warp: each K/V fragment read from shared memory feeds twice the
-/// MMAs, but half the tiles) it runs when the grid is large (`PREFILL_WIDE_WAVES`). Measured on
-/// the H200 (docs/benchmarks/cuda-prefill-attention.md): 32-key tiles at hd 128 and 64-key tiles
-/// at hd 256, or 16-key tiles at hd 512, were slower everywhere and are not built.
-pub const PREFILL_CFGS: [PrefillCfg; 6] = [
-    cfg("attn_prefill_64_64_64_1", 64, 64, 64, 1),
-    cfg("attn_prefill_64_64_64_2", 64, 64, 64, 2),
-    cfg("attn_prefill_128_128_64_1", 128, 128, 64, 1),
-    cfg("attn_prefill_128_128_64_2", 128, 128, 64, 2),
-    cfg("attn_prefill_256_256_32_1", 256, 256, 32, 1),
-    cfg("attn_prefill_512_256_32_1", 512, 256, 32, 1),
+/// Every compiled configuration, per head dim from the most rows per block to the fewest; a
+/// step takes the first whose grid has `min_waves` blocks per SM. 4 warps of 16 rows is the
+/// base; 32 rows per warp (each K/V fragment read from shared memory feeds twice the MMAs)
+/// pays on large grids: a 4096-token qwen3-8b prompt in one pass, 1024 blocks, 824 µs against
+/// 957, but a 512-token chunk, 128 blocks, 41 µs against 36 (H200,
+/// docs/benchmarks/cuda-prefill-attention.md). Below one block per SM, 2-warp blocks spread the
+/// same tiles over twice the SMs. 32-key tiles at hd 128, 64-key tiles at hd 256 and 16-key
+/// tiles at hd 512 were slower everywhere and are not built.
+pub const PREFILL_CFGS: [PrefillCfg; 10] = [
+    cfg("attn_prefill_64_64_64_2x4", (64, 64, 64), (2, 4), 4),
+    cfg("attn_prefill_64_64_64_1x4", (64, 64, 64), (1, 4), 1),
+    cfg("attn_prefill_64_64_64_1x2", (64, 64, 64), (1, 2), 0),
+    cfg("attn_prefill_128_128_64_2x4", (128, 128, 64), (2, 4), 4),
+    cfg("attn_prefill_128_128_64_1x4", (128, 128, 64), (1, 4), 1),
+    cfg("attn_prefill_128_128_64_1x2", (128, 128, 64), (1, 2), 0),
+    cfg("attn_prefill_256_256_32_1x4", (256, 256, 32), (1, 4), 1),
+    cfg("attn_prefill_256_256_32_1x2", (256, 256, 32), (1, 2), 0),
+    cfg("attn_prefill_512_256_32_1x4", (512, 256, 32), (1, 4), 1),
+    cfg("attn_prefill_512_256_32_1x2", (512, 256, 32), (1, 2), 0),
 ];
 
-/// The 32-rows-per-warp configuration runs when its grid has at least this many blocks per SM:
-/// a 4096-token prompt in one pass (qwen3-8b shapes, 1024 blocks: 824 µs against 957), not a
-/// 512-token chunk (128 blocks: 41 µs against 36).
-pub const PREFILL_WIDE_WAVES: usize = 4;
-
-/// The configurations for a head dim, default first (empty: no prefill kernel for it).
+/// The configurations for a head dim, most rows first (empty: no prefill kernel for it).
 pub fn prefill_cfgs(head_dim: usize) -> Vec<PrefillCfg> {
     PREFILL_CFGS
         .iter()
@@ -112,22 +128,36 @@ fn n_tiles(c: &PrefillCfg, group: usize, lens: &[u32]) -> usize {
 /// Static shared memory of the prefill kernels (row tables), with room to spare.
 pub(crate) const PREFILL_STATIC_SMEM: usize = 1024;
 
-/// Split a step's tokens into prefill runs and decode tokens. A run is a maximal stretch of
-/// consecutive tokens of one sequence at consecutive positions (a prompt or a chunk of one);
-/// runs of at least `min` tokens are returned as (first token, count), every other token's
-/// index goes to the decode list.
-pub fn split_runs(positions: &[u32], seq_index: &[u32], min: usize) -> (Vec<(u32, u32)>, Vec<u32>) {
+/// Split a step's tokens into prefill runs and decode tokens. A run is a stretch of consecutive
+/// tokens of one sequence at consecutive positions; with `chunks` (the engine's `StepInfo::chunks`,
+/// one per token) it is also cut where a chunk starts, and a token prefills when its chunk has at
+/// least `min` tokens — so the kernel a token takes, and with it its bits, depends on its own chunk
+/// and not on what shares the step. Without chunks, runs of at least `min` tokens prefill.
+/// Returns the prefill runs as (first token, count) and every other token's index.
+pub fn split_runs(
+    positions: &[u32],
+    seq_index: &[u32],
+    chunks: &[Chunk],
+    min: usize,
+) -> (Vec<(u32, u32)>, Vec<u32>) {
+    let n = positions.len();
+    let chunks = (chunks.len() == n).then_some(chunks);
     let (mut runs, mut decode) = (Vec::new(), Vec::new());
     let mut t = 0;
-    while t < positions.len() {
+    while t < n {
         let mut e = t + 1;
-        while e < positions.len()
+        while e < n
             && seq_index[e] == seq_index[t]
             && positions[e] == positions[e - 1] + 1
+            && chunks.is_none_or(|c| c[e].index != 0 && c[e].len == c[t].len)
         {
             e += 1;
         }
-        if e - t >= min {
+        let long = match chunks {
+            Some(c) => c[t].len as usize >= min,
+            None => e - t >= min,
+        };
+        if long {
             runs.push((t as u32, (e - t) as u32));
         } else {
             decode.extend(t as u32..e as u32);
@@ -218,14 +248,10 @@ pub fn attention(
     let cfgs = prefill_cfgs(g.head_dim);
     let prefill = match b.prefill_variant() {
         Some(i) => cfgs.get(i),
-        None => cfgs
-            .iter()
-            .filter(fits)
-            .filter(|c| {
-                let blocks = n_tiles(c, group, &step.prefill_lens) * g.n_kv_head;
-                c.rg == 1 || blocks >= PREFILL_WIDE_WAVES * b.sm_count()
-            })
-            .last(),
+        None => cfgs.iter().filter(fits).find(|c| {
+            let blocks = n_tiles(c, group, &step.prefill_lens) * g.n_kv_head * (g.head_dim / c.dc);
+            blocks >= c.min_waves * b.sm_count()
+        }),
     }
     .filter(fits)
     .filter(|_| !step.prefill_lens.is_empty());
@@ -249,7 +275,7 @@ pub fn attention(
             g.n_kv_head as u32,
             (g.head_dim / c.dc) as u32,
         ),
-        (128, 1, 1),
+        (c.threads(), 1, 1),
         c.smem() as u32,
         &[
             Arg::Ptr(q.ptr),
@@ -355,15 +381,41 @@ mod tests {
         // 3-token chunk; sequence 0 again after a gap (a new run).
         let pos = [10, 11, 12, 13, 14, 40, 0, 1, 2, 20, 21];
         let seq = [0, 0, 0, 0, 0, 1, 2, 2, 2, 0, 0];
-        let (runs, dec) = split_runs(&pos, &seq, 3);
+        let (runs, dec) = split_runs(&pos, &seq, &[], 3);
         assert_eq!(runs, vec![(0, 5), (6, 3)]);
         assert_eq!(dec, vec![5, 9, 10]);
-        let (runs, dec) = split_runs(&pos, &seq, 1);
+        let (runs, dec) = split_runs(&pos, &seq, &[], 1);
         assert_eq!(runs, vec![(0, 5), (5, 1), (6, 3), (9, 2)]);
         assert!(dec.is_empty());
-        let (runs, dec) = split_runs(&pos, &seq, usize::MAX);
+        let (runs, dec) = split_runs(&pos, &seq, &[], usize::MAX);
         assert!(runs.is_empty());
         assert_eq!(dec.len(), pos.len());
+    }
+
+    #[test]
+    fn runs_follow_the_engine_chunks() {
+        // One sequence: the last 3 tokens of a 7-token chunk at 0..7 (the engine split it over
+        // steps), then a whole 4-token chunk at 7..11 — consecutive, but separate runs, each
+        // prefilled by its own chunk's length; then a decode token of another sequence.
+        let c = |len, index| Chunk { len, index };
+        let pos = [4, 5, 6, 7, 8, 9, 10, 30];
+        let seq = [0, 0, 0, 0, 0, 0, 0, 1];
+        let chunks = [
+            c(7, 4),
+            c(7, 5),
+            c(7, 6),
+            c(4, 0),
+            c(4, 1),
+            c(4, 2),
+            c(4, 3),
+            Chunk::SINGLE,
+        ];
+        let (runs, dec) = split_runs(&pos, &seq, &chunks, 5);
+        assert_eq!(runs, vec![(0, 3)]);
+        assert_eq!(dec, vec![3, 4, 5, 6, 7]);
+        let (runs, dec) = split_runs(&pos, &seq, &chunks, 4);
+        assert_eq!(runs, vec![(0, 3), (3, 4)]);
+        assert_eq!(dec, vec![7]);
     }
 
     #[test]
@@ -378,7 +430,10 @@ mod tests {
             assert!(c.head_dim.is_multiple_of(c.dc) && c.bn.is_multiple_of(16));
         }
         for hd in [64, 128, 256, 512] {
-            assert!(!prefill_cfgs(hd).is_empty());
+            // Some configuration is always chosen: the last needs no blocks at all.
+            let c = prefill_cfgs(hd);
+            assert_eq!(c.last().map(|c| c.min_waves), Some(0), "hd {hd}");
+            assert!(c.windows(2).all(|w| w[0].rows() > w[1].rows()));
         }
         let m = crate::kernels::MODULES
             .iter()
