@@ -323,11 +323,7 @@ __device__ __forceinline__ void fa_prefill(const float* q, const u16* kc, const 
 
 FA_PREFILL(64, 64, 64, 1, 4)
 FA_PREFILL(64, 64, 64, 2, 4)
-FA_PREFILL(64, 64, 64, 1, 2)
 FA_PREFILL(128, 128, 64, 1, 4)
 FA_PREFILL(128, 128, 64, 2, 4)
-FA_PREFILL(128, 128, 64, 1, 2)
 FA_PREFILL(256, 256, 32, 1, 4)
-FA_PREFILL(256, 256, 32, 1, 2)
 FA_PREFILL(512, 256, 32, 1, 4)
-FA_PREFILL(512, 256, 32, 1, 2)

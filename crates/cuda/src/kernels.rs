@@ -118,14 +118,10 @@ pub const MODULES: &[KernelModule] = &[
         functions: &[
             "attn_prefill_64_64_64_2x4",
             "attn_prefill_64_64_64_1x4",
-            "attn_prefill_64_64_64_1x2",
             "attn_prefill_128_128_64_2x4",
             "attn_prefill_128_128_64_1x4",
-            "attn_prefill_128_128_64_1x2",
             "attn_prefill_256_256_32_1x4",
-            "attn_prefill_256_256_32_1x2",
             "attn_prefill_512_256_32_1x4",
-            "attn_prefill_512_256_32_1x2",
         ],
     },
     KernelModule {

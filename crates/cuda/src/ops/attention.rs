@@ -92,22 +92,19 @@ const fn cfg(
 /// Every compiled configuration, per head dim from the most rows per block to the fewest; a
 /// step takes the first whose grid has `min_waves` blocks per SM. 4 warps of 16 rows is the
 /// base; 32 rows per warp (each K/V fragment read from shared memory feeds twice the MMAs)
-/// pays on large grids: a 4096-token qwen3-8b prompt in one pass, 1024 blocks, 824 µs against
-/// 957, but a 512-token chunk, 128 blocks, 41 µs against 36 (H200,
-/// docs/benchmarks/cuda-prefill-attention.md). Below one block per SM, 2-warp blocks spread the
-/// same tiles over twice the SMs. 32-key tiles at hd 128, 64-key tiles at hd 256 and 16-key
-/// tiles at hd 512 were slower everywhere and are not built.
-pub const PREFILL_CFGS: [PrefillCfg; 10] = [
+/// pays on large grids: a 4096-token qwen3-8b prompt in one pass, 1024 blocks, 821 µs against
+/// 969, but a 512-token chunk, 128 blocks, 41 µs against 36 (H200,
+/// docs/benchmarks/cuda-prefill-attention.md). Measured and dropped: 2-warp blocks for small
+/// grids (2.0-2.9× slower: the K/V stages, not the rows, fill the shared memory, so an SM holds
+/// as few blocks as before with half the warps), 32-key tiles at hd 128, 64-key tiles at hd 256,
+/// 16-key tiles at hd 512.
+pub const PREFILL_CFGS: [PrefillCfg; 6] = [
     cfg("attn_prefill_64_64_64_2x4", (64, 64, 64), (2, 4), 4),
-    cfg("attn_prefill_64_64_64_1x4", (64, 64, 64), (1, 4), 1),
-    cfg("attn_prefill_64_64_64_1x2", (64, 64, 64), (1, 2), 0),
+    cfg("attn_prefill_64_64_64_1x4", (64, 64, 64), (1, 4), 0),
     cfg("attn_prefill_128_128_64_2x4", (128, 128, 64), (2, 4), 4),
-    cfg("attn_prefill_128_128_64_1x4", (128, 128, 64), (1, 4), 1),
-    cfg("attn_prefill_128_128_64_1x2", (128, 128, 64), (1, 2), 0),
-    cfg("attn_prefill_256_256_32_1x4", (256, 256, 32), (1, 4), 1),
-    cfg("attn_prefill_256_256_32_1x2", (256, 256, 32), (1, 2), 0),
-    cfg("attn_prefill_512_256_32_1x4", (512, 256, 32), (1, 4), 1),
-    cfg("attn_prefill_512_256_32_1x2", (512, 256, 32), (1, 2), 0),
+    cfg("attn_prefill_128_128_64_1x4", (128, 128, 64), (1, 4), 0),
+    cfg("attn_prefill_256_256_32_1x4", (256, 256, 32), (1, 4), 0),
+    cfg("attn_prefill_512_256_32_1x4", (512, 256, 32), (1, 4), 0),
 ];
 
 /// The configurations for a head dim, most rows first (empty: no prefill kernel for it).
