@@ -1167,13 +1167,15 @@ impl Backend for CudaBackend {
             .unwrap_or_else(|e| panic!("device copy: {e:?}"));
     }
 
-    /// Tokens of chunks that take the prefill attention kernel get the same bits in any chunk
-    /// and step (its key tiles are aligned to absolute positions and each row's arithmetic is
-    /// its own; the matvecs are batch-invariant). Shorter chunks take the decode kernel, whose
-    /// key splits follow the step's longest context. Assumes the model's head dims have a
-    /// prefill kernel (64, 128, 256, 512; others take the decode kernel throughout).
+    /// Tokens of chunks that take the prefill attention kernel get the same attention bits in
+    /// any chunk and step (its key tiles are aligned to absolute positions and each row's
+    /// arithmetic is its own); shorter chunks take the decode kernel, whose key splits follow
+    /// the step's longest context. The matvecs are batch-invariant, but the GEMM path is not
+    /// (whether a matmul takes it follows the step's row count, and cuBLAS picks its algorithm,
+    /// so its summation order, by shape): with it on, nothing is promised. Assumes the model's
+    /// head dims have a prefill kernel (64, 128, 256, 512).
     fn chunk_invariant(&self, chunk: Chunk) -> bool {
-        chunk.len as usize >= self.prefill_min()
+        self.gemm_rows() == crate::GemmRows::OFF && chunk.len as usize >= self.prefill_min()
     }
 
     fn read(&self, x: &CudaTensor) -> Vec<f32> {
