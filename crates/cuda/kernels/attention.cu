@@ -1,5 +1,7 @@
 // Causal (optionally windowed) attention over the paged f16 KV cache, with GQA, split over the
-// keys (flash-decoding). grid = (n_head, n_tokens, n_splits), ATT_THREADS threads per block.
+// keys (flash-decoding). grid = (n_head, n_tokens, n_splits), ATT_THREADS threads per block;
+// with `rows` (a step that also holds prefill runs, which attention_prefill.cu takes) grid.y
+// walks that list of token indices instead of all tokens.
 // Each token reads its position, and with it how many keys it attends to, from the step buffer,
 // and split z of n_splits takes the z-th of n_splits equal runs of those keys: a split with
 // nothing to do writes an empty partial and returns, so one launch (one captured graph) serves
@@ -39,7 +41,7 @@ template <int DPT>
 __device__ __forceinline__ void attention_t(const float* q, const u16* kc, const u16* vc, float* out, float* part,
                                             const u32* positions, const u32* seq_index, const u32* bt_off,
                                             const u32* bt_flat, int n_head, int n_kv_head, int hd, int kv_dim,
-                                            int window, float scale, int n_splits) {
+                                            int window, float scale, int n_splits, const u32* rows) {
     __shared__ __align__(16) u16 ks[ATT_STAGE];
     __shared__ __align__(16) u16 vsh[ATT_STAGE];
     __shared__ float qs[ATT_MAXD];
@@ -48,7 +50,8 @@ __device__ __forceinline__ void attention_t(const float* q, const u16* kc, const
     __shared__ u32 slot_sh[ATT_TILE];
     __shared__ float m_sh;
     PDL_START();
-    const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
+    const int h = blockIdx.x, split = blockIdx.z, tid = threadIdx.x;
+    const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
     const int warp = tid >> 5, lane = tid & 31;
     const int kvh = h / (n_head / n_kv_head);
     const int pos = (int)positions[t];
@@ -189,9 +192,9 @@ __device__ __forceinline__ void attention_t(const float* q, const u16* kc, const
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                   \
         name(const float* q, const u16* kc, const u16* vc, float* out, float* part, const u32* positions,        \
              const u32* seq_index, const u32* bt_off, const u32* bt_flat, int n_head, int n_kv_head, int hd,     \
-             int kv_dim, int window, float scale, int n_splits) {                                                \
+             int kv_dim, int window, float scale, int n_splits, const u32* rows) {                               \
         attention_t<DPT>(q, kc, vc, out, part, positions, seq_index, bt_off, bt_flat, n_head, n_kv_head, hd,    \
-                         kv_dim, window, scale, n_splits);                                                       \
+                         kv_dim, window, scale, n_splits, rows);                                                 \
     }
 
 ATTENTION(attention_d1, 1)
@@ -201,11 +204,12 @@ ATTENTION(attention_d4, 4)
 // Merge the splits of each (head, token): out = sum_i acc_i e^(m_i - M) / sum_i sum_i e^(m_i - M).
 // grid = (n_head, n_tokens), ATT_THREADS threads.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-attention_combine(const float* part, float* out, int n_head, int hd, int n_splits) {
+attention_combine(const float* part, float* out, int n_head, int hd, int n_splits, const u32* rows) {
     __shared__ float ws[ATT_MAX_SPLITS];
     __shared__ float inv_sh;
     PDL_START();
-    const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+    const int h = blockIdx.x, tid = threadIdx.x;
+    const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
     const float* pp = part + ((u64)t * n_head + h) * n_splits * (hd + 2);
     float M = -KS_INF;
     for (int i = 0; i < n_splits; ++i) M = fmaxf(M, pp[i * (hd + 2) + hd]);

@@ -20,7 +20,7 @@ use cudarc::driver::{
     result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
 };
 use cudarc::nvrtc::Ptx;
-use kestrel_engine::{AttnGeom, Backend, StepInfo, WeightRef};
+use kestrel_engine::{AttnGeom, Backend, Chunk, StepInfo, WeightRef};
 use kestrel_gguf::GgmlType;
 use kestrel_model::{FfnKind, RopeSpec};
 
@@ -72,6 +72,16 @@ pub struct CudaBackend {
     mv_unroll: Mutex<Option<usize>>,
     /// The many-rows matmul path: cuBLAS, thresholds, the step's bf16 input (ops/gemm.rs).
     pub(crate) gemm: crate::ops::gemm::GemmState,
+    /// Runs of at least this many consecutive query tokens of one sequence take the prefill
+    /// attention kernel (`KESTREL_CUDA_PREFILL_MIN`; `off` never); shorter runs the decode one.
+    prefill_min: Mutex<usize>,
+    /// Which of a head dim's prefill kernel configurations runs (None: chosen per step by grid
+    /// size; tests and benchmarks force one).
+    prefill_variant: Mutex<Option<usize>>,
+    /// Multiprocessors on the device.
+    sm_count: usize,
+    /// Shared memory a block may opt in to (bytes): which prefill kernels fit on the device.
+    smem_optin: usize,
     device_name: String,
     arch: String,
 }
@@ -250,6 +260,14 @@ pub struct CudaStep {
     pub(crate) bt_off: u64,
     pub(crate) bt_flat: u64,
     pub(crate) logit_rows: u64,
+    /// Prefill runs (first token, count) for the prefill attention kernel, and their counts on
+    /// the host (to size its grid); empty when no run is long enough.
+    pub(crate) prefill_runs: u64,
+    pub prefill_lens: Vec<u32>,
+    /// The tokens left to the decode attention kernel: `n_decode` indices at `decode_rows`, or
+    /// every token (`decode_rows` 0) when the step has no prefill run.
+    pub(crate) decode_rows: u64,
+    pub n_decode: usize,
 }
 
 /// A kernel argument; every kind travels in an 8-byte slot (the driver reads the parameter's
@@ -300,6 +318,14 @@ impl CudaBackend {
         }
         let arch = format!("sm_{major}{minor}");
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let smem_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| anyhow!("{e:?}"))? as usize;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| anyhow!("{e:?}"))? as usize;
         let mut funcs = HashMap::new();
         for m in MODULES {
             let module = load_module(&ctx, m, &arch)?;
@@ -308,6 +334,19 @@ impl CudaBackend {
                     .load_function(f)
                     .map_err(|e| anyhow!("kernel {f} missing from module {}: {e:?}", m.name))?;
                 funcs.insert(f, func);
+            }
+        }
+        // The prefill attention kernels take their tiles in dynamic shared memory, above the
+        // 48 KiB a launch gets without opting in.
+        for c in crate::ops::attention::PREFILL_CFGS {
+            let (name, bytes) = (c.name, c.smem());
+            if bytes + crate::ops::attention::PREFILL_STATIC_SMEM <= smem_optin {
+                funcs[name]
+                    .set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                    .map_err(|e| anyhow!("{name}: shared memory limit: {e:?}"))?;
             }
         }
         let mut arena = Arena::new(stream.clone());
@@ -333,6 +372,12 @@ impl CudaBackend {
         ctx.bind_to_thread()
             .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
         let gemm = crate::ops::gemm::GemmState::new(&stream);
+        let prefill_min = match env("KESTREL_CUDA_PREFILL_MIN").as_str() {
+            "0" | "off" | "false" => usize::MAX,
+            v => v
+                .parse()
+                .unwrap_or(crate::ops::attention::PREFILL_MIN_TOKENS),
+        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -370,6 +415,10 @@ impl CudaBackend {
             pdl,
             mv_unroll: Mutex::new(mv_unroll),
             gemm,
+            prefill_min: Mutex::new(prefill_min),
+            prefill_variant: Mutex::new(None),
+            sm_count,
+            smem_optin,
             device_name,
             arch,
         })
@@ -424,6 +473,38 @@ impl CudaBackend {
 
     pub fn mv_unroll(&self) -> Option<usize> {
         *self.mv_unroll.lock().expect("lock")
+    }
+
+    /// Runs of at least `min` query tokens take the prefill attention kernel from the next
+    /// `begin_step` on (`usize::MAX`: never; tests force 1). Drops recorded graphs, whose steps
+    /// may have been split differently.
+    pub fn set_prefill_min(&self, min: usize) {
+        *self.prefill_min.lock().expect("lock") = min.max(1);
+        self.graphs.lock().expect("graphs lock").recorded.clear();
+    }
+
+    pub fn prefill_min(&self) -> usize {
+        *self.prefill_min.lock().expect("lock")
+    }
+
+    /// Run the `i`-th configuration of the prefill kernel of each head dim
+    /// (`ops::attention::prefill_cfgs`; a head dim with fewer takes the decode kernel), or
+    /// (None) choose per step. For tests and benchmarks.
+    pub fn set_prefill_variant(&self, i: Option<usize>) {
+        *self.prefill_variant.lock().expect("lock") = i;
+    }
+
+    pub fn prefill_variant(&self) -> Option<usize> {
+        *self.prefill_variant.lock().expect("lock")
+    }
+
+    pub(crate) fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
+    /// Shared memory (bytes) a block may use on this device, opting in.
+    pub(crate) fn smem_optin(&self) -> usize {
+        self.smem_optin
     }
 
     /// Whether kernels launch with programmatic dependent launch.
@@ -901,10 +982,18 @@ impl Backend for CudaBackend {
             // Then the GEMM path's bf16 input and workspace, when the step may use them.
             crate::ops::gemm::begin_step(self, n, max_cols);
         }
+        let (runs, decode) = crate::ops::attention::split_runs(
+            &step.positions,
+            &step.seq_index,
+            &step.chunks,
+            self.prefill_min(),
+        );
         let mut sb = self.step_buf.lock().expect("step buffer lock");
         // Layout: tokens, positions, slots, seq_index [n each], logit rows, block-table offsets
-        // [n_seq + 1], flattened block tables — so for a fixed (n, n_logits, n_seq) every array
-        // but the last starts at a fixed offset, whatever the block tables hold.
+        // [n_seq + 1], prefill runs [2 × n_runs] and decode rows [n_decode] (both empty when no
+        // run is long enough), flattened block tables — so for a fixed (n, n_logits, n_seq) and
+        // split into runs every array but the last starts at a fixed offset, whatever the block
+        // tables hold.
         let host = &mut sb.host;
         host.clear();
         host.extend_from_slice(&step.tokens);
@@ -918,6 +1007,16 @@ impl Backend for CudaBackend {
             off += bt.len() as u32;
         }
         host.push(off);
+        let runs_at = host.len();
+        for &(t0, len) in &runs {
+            host.push(t0);
+            host.push(len);
+        }
+        let decode_at = host.len();
+        if !runs.is_empty() {
+            host.extend_from_slice(&decode);
+        }
+        let flat_at = host.len();
         for bt in &step.block_tables {
             host.extend_from_slice(bt);
         }
@@ -942,7 +1041,7 @@ impl Backend for CudaBackend {
                 .unwrap_or_else(|e| panic!("uploading the step: {e:?}"));
         }
         let at = |k: usize| sb.ptr + 4 * k as u64;
-        let (n_seq, n_logits) = (step.block_tables.len(), step.logit_rows.len());
+        let n_logits = step.logit_rows.len();
         let step_epoch = sb.epoch;
         let out = CudaStep {
             n_tokens: n,
@@ -954,7 +1053,11 @@ impl Backend for CudaBackend {
             seq_index: at(3 * n),
             logit_rows: at(4 * n),
             bt_off: at(4 * n + n_logits),
-            bt_flat: at(4 * n + n_logits + n_seq + 1),
+            bt_flat: at(flat_at),
+            prefill_runs: at(runs_at),
+            decode_rows: if runs.is_empty() { 0 } else { at(decode_at) },
+            n_decode: if runs.is_empty() { n } else { decode.len() },
+            prefill_lens: runs.iter().map(|r| r.1).collect(),
         };
         drop(sb);
         let mut g = self.graphs.lock().expect("graphs lock");
@@ -1062,6 +1165,17 @@ impl Backend for CudaBackend {
         // SAFETY: both tensors hold `len` f32s; stream-ordered.
         unsafe { cu::memcpy_dtod_async(dst.ptr, src.ptr, src.len() * 4, self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("device copy: {e:?}"));
+    }
+
+    /// Tokens of chunks that take the prefill attention kernel get the same attention bits in
+    /// any chunk and step (its key tiles are aligned to absolute positions and each row's
+    /// arithmetic is its own); shorter chunks take the decode kernel, whose key splits follow
+    /// the step's longest context. The matvecs are batch-invariant, but the GEMM path is not
+    /// (whether a matmul takes it follows the step's row count, and cuBLAS picks its algorithm,
+    /// so its summation order, by shape): with it on, nothing is promised. Assumes the model's
+    /// head dims have a prefill kernel (64, 128, 256, 512).
+    fn chunk_invariant(&self, chunk: Chunk) -> bool {
+        self.gemm_rows() == crate::GemmRows::OFF && chunk.len as usize >= self.prefill_min()
     }
 
     fn read(&self, x: &CudaTensor) -> Vec<f32> {

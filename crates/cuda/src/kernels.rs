@@ -111,6 +111,20 @@ pub const MODULES: &[KernelModule] = &[
         ],
     },
     KernelModule {
+        name: "attention_prefill",
+        headers: &[],
+        source: include_str!("../kernels/attention_prefill.cu"),
+        // ops::attention::PREFILL_CFGS, in that order.
+        functions: &[
+            "attn_prefill_64_64_64_2x4",
+            "attn_prefill_64_64_64_1x4",
+            "attn_prefill_128_128_64_2x4",
+            "attn_prefill_128_128_64_1x4",
+            "attn_prefill_256_256_32_1x4",
+            "attn_prefill_512_256_32_1x4",
+        ],
+    },
+    KernelModule {
         name: "kv",
         headers: &[],
         source: include_str!("../kernels/kv.cu"),

@@ -1,7 +1,10 @@
-//! KV-cache writes (kernels/kv.cu) and paged attention (kernels/attention.cu): one launch of
-//! `n_splits` key splits per (head, token), plus a combine launch when there are several.
+//! KV-cache writes (kernels/kv.cu) and paged attention. Runs of many query tokens of one
+//! sequence (prompts, chunks of prompts) take the tensor-core flash-attention kernel
+//! (kernels/attention_prefill.cu); the other tokens the decode kernel (kernels/attention.cu): one
+//! launch of `n_splits` key splits per (head, token), plus a combine launch when there are
+//! several.
 
-use kestrel_engine::AttnGeom;
+use kestrel_engine::{AttnGeom, Chunk};
 
 use crate::backend::{Arg, CudaBackend, CudaKv, CudaStep, CudaTensor};
 
@@ -28,6 +31,137 @@ pub fn splits(max_keys: usize) -> usize {
             .next_power_of_two()
             .min(MAX_SPLITS)
     }
+}
+
+/// Runs shorter than this many query tokens take the decode kernel. Measured on the H200
+/// (docs/benchmarks/cuda-prefill-attention.md, qwen3-8b shapes): after 512 cached keys the two
+/// kernels tie at 4 tokens, after 4096 the decode kernel still wins at 4 (its key splits fill
+/// the GPU; a prefill tile walks all keys in one block) and loses from 8 on.
+pub const PREFILL_MIN_TOKENS: usize = 8;
+
+/// One compiled configuration of the prefill kernel (kernels/attention_prefill.cu
+/// `attn_prefill_<hd>_<dc>_<bn>_<rg>x<nw>`).
+#[derive(Clone, Copy, Debug)]
+pub struct PrefillCfg {
+    pub name: &'static str,
+    pub head_dim: usize,
+    /// Output dims per block (blockIdx.z chunks: S is recomputed per chunk).
+    pub dc: usize,
+    /// Keys per tile.
+    pub bn: usize,
+    /// 16-row groups per warp.
+    pub rg: usize,
+    /// Warps per block (a tile is 16 × rg × nw rows: tokens × grouped heads).
+    pub nw: usize,
+    /// Chosen only when its grid has at least this many blocks per SM (`prefill_cfg`).
+    pub min_waves: usize,
+}
+
+impl PrefillCfg {
+    pub fn rows(&self) -> usize {
+        16 * self.rg * self.nw
+    }
+    pub fn threads(&self) -> u32 {
+        32 * self.nw as u32
+    }
+    /// Dynamic shared memory: the Q tile and two stages of K and V tiles, rows padded by 8
+    /// halves.
+    pub fn smem(&self) -> usize {
+        let hd = self.head_dim;
+        2 * (self.rows() * (hd + 8) + 2 * self.bn * (hd + 8) + 2 * self.bn * (self.dc + 8))
+    }
+}
+
+const fn cfg(
+    name: &'static str,
+    (head_dim, dc, bn): (usize, usize, usize),
+    (rg, nw): (usize, usize),
+    min_waves: usize,
+) -> PrefillCfg {
+    PrefillCfg {
+        name,
+        head_dim,
+        dc,
+        bn,
+        rg,
+        nw,
+        min_waves,
+    }
+}
+
+/// Every compiled configuration, per head dim from the most rows per block to the fewest; a
+/// step takes the first whose grid has `min_waves` blocks per SM. 4 warps of 16 rows is the
+/// base; 32 rows per warp (each K/V fragment read from shared memory feeds twice the MMAs)
+/// pays on large grids: a 4096-token qwen3-8b prompt in one pass, 1024 blocks, 821 µs against
+/// 969, but a 512-token chunk, 128 blocks, 41 µs against 36 (H200,
+/// docs/benchmarks/cuda-prefill-attention.md). Measured and dropped: 2-warp blocks for small
+/// grids (2.0-2.9× slower: the K/V stages, not the rows, fill the shared memory, so an SM holds
+/// as few blocks as before with half the warps), 32-key tiles at hd 128, 64-key tiles at hd 256,
+/// 16-key tiles at hd 512.
+pub const PREFILL_CFGS: [PrefillCfg; 6] = [
+    cfg("attn_prefill_64_64_64_2x4", (64, 64, 64), (2, 4), 4),
+    cfg("attn_prefill_64_64_64_1x4", (64, 64, 64), (1, 4), 0),
+    cfg("attn_prefill_128_128_64_2x4", (128, 128, 64), (2, 4), 4),
+    cfg("attn_prefill_128_128_64_1x4", (128, 128, 64), (1, 4), 0),
+    cfg("attn_prefill_256_256_32_1x4", (256, 256, 32), (1, 4), 0),
+    cfg("attn_prefill_512_256_32_1x4", (512, 256, 32), (1, 4), 0),
+];
+
+/// The configurations for a head dim, most rows first (empty: no prefill kernel for it).
+pub fn prefill_cfgs(head_dim: usize) -> Vec<PrefillCfg> {
+    PREFILL_CFGS
+        .iter()
+        .filter(|c| c.head_dim == head_dim)
+        .copied()
+        .collect()
+}
+
+/// Query tiles of the step's prefill runs for `c`: per run ceil(len / tokens per tile).
+fn n_tiles(c: &PrefillCfg, group: usize, lens: &[u32]) -> usize {
+    let tpt = c.rows() / group;
+    lens.iter().map(|&l| (l as usize).div_ceil(tpt)).sum()
+}
+
+/// Static shared memory of the prefill kernels (row tables), with room to spare.
+pub(crate) const PREFILL_STATIC_SMEM: usize = 1024;
+
+/// Split a step's tokens into prefill runs and decode tokens. A run is a stretch of consecutive
+/// tokens of one sequence at consecutive positions; with `chunks` (the engine's `StepInfo::chunks`,
+/// one per token) it is also cut where a chunk starts, and a token prefills when its chunk has at
+/// least `min` tokens — so the kernel a token takes, and with it its bits, depends on its own chunk
+/// and not on what shares the step. Without chunks, runs of at least `min` tokens prefill.
+/// Returns the prefill runs as (first token, count) and every other token's index.
+pub fn split_runs(
+    positions: &[u32],
+    seq_index: &[u32],
+    chunks: &[Chunk],
+    min: usize,
+) -> (Vec<(u32, u32)>, Vec<u32>) {
+    let n = positions.len();
+    let chunks = (chunks.len() == n).then_some(chunks);
+    let (mut runs, mut decode) = (Vec::new(), Vec::new());
+    let mut t = 0;
+    while t < n {
+        let mut e = t + 1;
+        while e < n
+            && seq_index[e] == seq_index[t]
+            && positions[e] == positions[e - 1] + 1
+            && chunks.is_none_or(|c| c[e].index != 0 && c[e].len == c[t].len)
+        {
+            e += 1;
+        }
+        let long = match chunks {
+            Some(c) => c[t].len as usize >= min,
+            None => e - t >= min,
+        };
+        if long {
+            runs.push((t as u32, (e - t) as u32));
+        } else {
+            decode.extend(t as u32..e as u32);
+        }
+        t = e;
+    }
+    (runs, decode)
 }
 
 pub fn kv_write(b: &CudaBackend, k: &CudaTensor, v: &CudaTensor, kv: &mut CudaKv, step: &CudaStep) {
@@ -105,13 +239,89 @@ pub fn attention(
     if n == 0 {
         return;
     }
+    let group = g.n_head / g.n_kv_head;
+    let fits =
+        |c: &&PrefillCfg| group <= c.rows() && c.smem() + PREFILL_STATIC_SMEM <= b.smem_optin();
+    let cfgs = prefill_cfgs(g.head_dim);
+    let prefill = match b.prefill_variant() {
+        Some(i) => cfgs.get(i),
+        None => cfgs.iter().filter(fits).find(|c| {
+            let blocks = n_tiles(c, group, &step.prefill_lens) * g.n_kv_head * (g.head_dim / c.dc);
+            blocks >= c.min_waves * b.sm_count()
+        }),
+    }
+    .filter(fits)
+    .filter(|_| !step.prefill_lens.is_empty());
+    let Some(c) = prefill else {
+        decode(b, q, kv, g, step, out, n, 0);
+        return;
+    };
+    assert!(
+        q.rows >= step.n_tokens,
+        "attention: q has {} rows for {} tokens",
+        q.rows,
+        step.n_tokens
+    );
+    // Query tiles: `tpt` tokens × `group` heads.
+    let tpt = c.rows() / group;
+    let n_tiles = n_tiles(c, group, &step.prefill_lens);
+    b.launch_w(
+        c.name,
+        (
+            n_tiles as u32,
+            g.n_kv_head as u32,
+            (g.head_dim / c.dc) as u32,
+        ),
+        (c.threads(), 1, 1),
+        c.smem() as u32,
+        &[
+            Arg::Ptr(q.ptr),
+            Arg::Ptr(kv.k),
+            Arg::Ptr(kv.v),
+            Arg::Ptr(out.ptr),
+            Arg::Ptr(step.positions),
+            Arg::Ptr(step.seq_index),
+            Arg::Ptr(step.bt_off),
+            Arg::Ptr(step.bt_flat),
+            Arg::Ptr(step.prefill_runs),
+            Arg::I32(step.prefill_lens.len() as i32),
+            Arg::I32(n_tiles as i32),
+            Arg::I32(tpt as i32),
+            Arg::I32(g.n_head as i32),
+            Arg::I32(g.n_kv_head as i32),
+            Arg::I32(kv.kv_dim as i32),
+            Arg::I32(g.window.map_or(0, |w| w as i32)),
+            Arg::F32(g.scale),
+        ],
+        (out.ptr, out.len() * 4),
+    );
+    if step.n_decode > 0 {
+        decode(b, q, kv, g, step, out, step.n_decode, step.decode_rows);
+    }
+}
+
+/// The decode kernel over `n` tokens: the first `n` of the step, or those listed at `rows`.
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    b: &CudaBackend,
+    q: &CudaTensor,
+    kv: &CudaKv,
+    g: AttnGeom,
+    step: &CudaStep,
+    out: &mut CudaTensor,
+    n: usize,
+    rows: u64,
+) {
     let n_splits = splits(step.max_keys);
     let kernel = match g.head_dim {
         0..=128 => "attention_d1",
         129..=256 => "attention_d2",
         _ => "attention_d4",
     };
-    let part = (n_splits > 1).then(|| b.scratch(n * g.n_head * n_splits * (g.head_dim + 2) * 4));
+    // Partials are indexed by token, so with a row list they cover the whole step.
+    let n_part = if rows == 0 { n } else { step.n_tokens };
+    let part =
+        (n_splits > 1).then(|| b.scratch(n_part * g.n_head * n_splits * (g.head_dim + 2) * 4));
     let part_ptr = part.as_ref().map_or(0, |p| p.ptr);
     b.launch_w(
         kernel,
@@ -135,6 +345,7 @@ pub fn attention(
             Arg::I32(g.window.map_or(0, |w| w as i32)),
             Arg::F32(g.scale),
             Arg::I32(n_splits as i32),
+            Arg::Ptr(rows),
         ],
         (out.ptr, out.len() * 4),
     );
@@ -150,8 +361,81 @@ pub fn attention(
                 Arg::I32(g.n_head as i32),
                 Arg::I32(g.head_dim as i32),
                 Arg::I32(n_splits as i32),
+                Arg::Ptr(rows),
             ],
             (out.ptr, out.len() * 4),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_by_sequence_position_and_length() {
+        // Sequence 0: a 5-token chunk at 10..15; sequence 1: one decode token; sequence 2: a
+        // 3-token chunk; sequence 0 again after a gap (a new run).
+        let pos = [10, 11, 12, 13, 14, 40, 0, 1, 2, 20, 21];
+        let seq = [0, 0, 0, 0, 0, 1, 2, 2, 2, 0, 0];
+        let (runs, dec) = split_runs(&pos, &seq, &[], 3);
+        assert_eq!(runs, vec![(0, 5), (6, 3)]);
+        assert_eq!(dec, vec![5, 9, 10]);
+        let (runs, dec) = split_runs(&pos, &seq, &[], 1);
+        assert_eq!(runs, vec![(0, 5), (5, 1), (6, 3), (9, 2)]);
+        assert!(dec.is_empty());
+        let (runs, dec) = split_runs(&pos, &seq, &[], usize::MAX);
+        assert!(runs.is_empty());
+        assert_eq!(dec.len(), pos.len());
+    }
+
+    #[test]
+    fn runs_follow_the_engine_chunks() {
+        // One sequence: the last 3 tokens of a 7-token chunk at 0..7 (the engine split it over
+        // steps), then a whole 4-token chunk at 7..11 — consecutive, but separate runs, each
+        // prefilled by its own chunk's length; then a decode token of another sequence.
+        let c = |len, index| Chunk { len, index };
+        let pos = [4, 5, 6, 7, 8, 9, 10, 30];
+        let seq = [0, 0, 0, 0, 0, 0, 0, 1];
+        let chunks = [
+            c(7, 4),
+            c(7, 5),
+            c(7, 6),
+            c(4, 0),
+            c(4, 1),
+            c(4, 2),
+            c(4, 3),
+            Chunk::SINGLE,
+        ];
+        let (runs, dec) = split_runs(&pos, &seq, &chunks, 5);
+        assert_eq!(runs, vec![(0, 3)]);
+        assert_eq!(dec, vec![3, 4, 5, 6, 7]);
+        let (runs, dec) = split_runs(&pos, &seq, &chunks, 4);
+        assert_eq!(runs, vec![(0, 3), (3, 4)]);
+        assert_eq!(dec, vec![7]);
+    }
+
+    #[test]
+    fn prefill_tiles_fit_the_h100_h200_shared_memory() {
+        for c in PREFILL_CFGS {
+            assert!(
+                c.smem() + PREFILL_STATIC_SMEM <= 227 * 1024,
+                "{}: {} bytes",
+                c.name,
+                c.smem()
+            );
+            assert!(c.head_dim.is_multiple_of(c.dc) && c.bn.is_multiple_of(16));
+        }
+        for hd in [64, 128, 256, 512] {
+            // Some configuration is always chosen: the last needs no blocks at all.
+            let c = prefill_cfgs(hd);
+            assert_eq!(c.last().map(|c| c.min_waves), Some(0), "hd {hd}");
+            assert!(c.windows(2).all(|w| w[0].rows() > w[1].rows()));
+        }
+        let m = crate::kernels::MODULES
+            .iter()
+            .find(|m| m.name == "attention_prefill")
+            .expect("module");
+        assert_eq!(m.functions, PREFILL_CFGS.map(|c| c.name));
     }
 }
