@@ -249,11 +249,11 @@ struct Q40R {
 
 template <class T, int NT, int R, int U>
 __device__ __forceinline__ void mv(const u8* W, u64 row_bytes, int rows, int nb, const Act a, float* out, int n_tok,
-                                   int G) {
+                                   int G, int blk) {
     __shared__ float red[MV_THREADS / 32][R * NT];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = tid & (G - 1);
-    const int row0 = (int)((blockIdx.x * (MV_THREADS / G) + tid / G) * R);
+    const int row0 = (blk * (MV_THREADS / G) + tid / G) * R;
     const int nu = nb * T::UPB, K = nb * T::VPB;
     const u8* wr[R];
 #pragma unroll
@@ -279,7 +279,18 @@ __device__ __forceinline__ void mv(const u8* W, u64 row_bytes, int rows, int nb,
 #pragma unroll
             for (int i = 0; i < U; ++i) {
                 const int u = u0 + G * i;
-                if (u < nu) {
+                if (u < nu && NT == 1) {
+                    // One token: decode each row's unit just before its dot (fewer live
+                    // registers, more resident warps).
+                    typename T::X x;
+                    T::loadx(a, (u64)t0, K, nb, u, x);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        typename T::Dec dec;
+                        T::decode(raw[i][r], u, dec);
+                        acc[r][0] = T::dot(dec, x, acc[r][0]);
+                    }
+                } else if (u < nu) {
                     typename T::Dec dec[R];
 #pragma unroll
                     for (int r = 0; r < R; ++r) T::decode(raw[i][r], u, dec[r]);
@@ -339,13 +350,30 @@ __device__ __forceinline__ void mv(const u8* W, u64 row_bytes, int rows, int nb,
     }
 }
 
-// Kernel `mv_<type>_<NT>_<R>`: U = 2 units per row in flight for 1-2 tokens, 1 above (the
-// decoded units of R rows and R * NT sums must stay in registers).
-#define MVK(T, ty, NT, R)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                              \
-        mv_##ty##_##NT##_##R(const u8* W, u64 row_bytes, int rows, int nb, const i8* xc, const void* xd,    \
-                             const void* xs, float* out, int n_tok, int G) {                              \
-        mv<T, NT, R, (NT <= 2 ? 2 : 1)>(W, row_bytes, rows, nb, Act{xc, xd, xs}, out, n_tok, G);           \
+// One weight matrix of a launch: blocks end0 .. end - 1 of the grid (end0: the previous
+// segment's end) compute out = x . W^T with G threads per row (its own shape's G, so that a
+// fused launch gives every row the bits of a launch of its own).
+#define MV_SEG(i) const u8 *W##i, u64 rb##i, int rows##i, float *out##i, int G##i, int end##i
+#define MV_PICK(f) (s == 0 ? f##0 : s == 1 ? f##1 : f##2)
+
+// Kernel `mv_<type>_<NT>_<R>`: up to 3 matrices that share the input (q/k/v, gate/up: ops/
+// matmul.rs `matmuls`) in one launch; segments past `nseg` are never reached. U = 2 units per
+// row in flight for 1-2 tokens, 1 above (the decoded units of R rows and R * NT sums must stay
+// in registers).
+template <class T, int NT, int R>
+__device__ __forceinline__ void mv_segs(const Act a, int nb, int n_tok, MV_SEG(0), MV_SEG(1), MV_SEG(2)) {
+    const int bx = blockIdx.x;
+    const int s = bx < end0 ? 0 : bx < end1 ? 1 : 2;
+    const int first = s == 0 ? 0 : s == 1 ? end0 : end1;
+    mv<T, NT, R, (NT <= 2 ? 2 : 1)>(MV_PICK(W), MV_PICK(rb), MV_PICK(rows), nb, a, MV_PICK(out), n_tok, MV_PICK(G),
+                                    bx - first);
+}
+#define MVK(T, ty, NT, R)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, (R == 4 && NT >= 4 ? 3 : 1))                 \
+        mv_##ty##_##NT##_##R(const i8* xc, const void* xd, const void* xs, int nb, int n_tok, MV_SEG(0), \
+                             MV_SEG(1), MV_SEG(2)) {                                                      \
+        mv_segs<T, NT, R>(Act{xc, xd, xs}, nb, n_tok, W0, rb0, rows0, out0, G0, end0, W1, rb1, rows1,    \
+                          out1, G1, end1, W2, rb2, rows2, out2, G2, end2);                                \
     }
 #define MV_ALL(T, ty)   \
     MVK(T, ty, 1, 1)    \

@@ -83,6 +83,9 @@ pub struct CudaBackend {
     sm_count: usize,
     /// Shared memory a block may opt in to (bytes): which prefill kernels fit on the device.
     smem_optin: usize,
+    /// Run matmuls that share an input (q/k/v, gate/up) as one launch where they can
+    /// (`KESTREL_CUDA_FUSE=0` turns it off).
+    fuse_matmuls: bool,
     device_name: String,
     arch: String,
 }
@@ -419,6 +422,7 @@ impl CudaBackend {
             prefill_variant: Mutex::new(None),
             sm_count,
             smem_optin,
+            fuse_matmuls: !matches!(env("KESTREL_CUDA_FUSE").as_str(), "0" | "off" | "false"),
             device_name,
             arch,
         })
@@ -506,6 +510,11 @@ impl CudaBackend {
     /// Shared memory (bytes) a block may use on this device, opting in.
     pub(crate) fn smem_optin(&self) -> usize {
         self.smem_optin
+    }
+
+    /// Whether matmuls sharing an input run as one launch (`matmuls`).
+    pub fn fuse_matmuls(&self) -> bool {
+        self.fuse_matmuls
     }
 
     /// Whether kernels launch with programmatic dependent launch.
@@ -1090,6 +1099,10 @@ impl Backend for CudaBackend {
 
     fn matmul(&self, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTensor) {
         crate::ops::matmul::matmul(self, w, x, out)
+    }
+
+    fn matmuls(&self, x: &CudaTensor, jobs: &mut [(&CudaWeight, &mut CudaTensor)]) {
+        crate::ops::matmul::matmuls(self, x, jobs)
     }
 
     fn add_bias(&self, x: &mut CudaTensor, bias: &CudaWeight) {

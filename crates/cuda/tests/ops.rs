@@ -75,8 +75,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Blocks of 32 with scales e^U(-8, 8), an all-zero block, one of exact ties, one with a
-/// repeated largest magnitude of both signs.
+/// Blocks of 32 with scales e^U(-8, 8), an all-zero block, two of exact ties (one whose codes
+/// are the halves themselves), one with a repeated largest magnitude of both signs.
 fn activation_samples(n_blocks32: usize, seed: u64) -> Vec<f32> {
     let mut r = rng(seed);
     let mut x = Vec::new();
@@ -86,6 +86,9 @@ fn activation_samples(n_blocks32: usize, seed: u64) -> Vec<f32> {
             x.push(match b {
                 7 | 40..=47 => 0.0,
                 9 => (i as f32 - 15.5) * 0.5,
+                // amax 127: codes are the values, all halves (ties) but one.
+                11 if i == 0 => 127.0,
+                11 => i as f32 - 15.5,
                 13 if i % 5 == 0 => {
                     if i % 2 == 0 {
                         3.0
@@ -774,6 +777,76 @@ fn matmul_rows_are_the_same_bits_in_any_batch() {
     }
 }
 
+/// Matmuls sharing an input (`Backend::matmuls`: q/k/v, gate/up) run as one launch where the
+/// weights share a kernel; every output is the same bits as its own `matmul` (each segment keeps
+/// its shape's threads per row: here 4 for the 4096-row matrix, 8 for the 256-row ones), and a
+/// weight of another type in the list runs on its own.
+#[test]
+#[ignore = "needs CUDA"]
+fn fused_matmuls_are_the_same_bits_as_separate_ones() {
+    let g = gpu();
+    let cols = 512;
+    let mut r = rng(901);
+    let specs = [
+        ("q", GgmlType::Q4_K, 4096),
+        ("k", GgmlType::Q4_K, 256),
+        ("v", GgmlType::Q6_K, 256),
+        ("gate", GgmlType::Q8_0, 768),
+        ("up", GgmlType::Q8_0, 768),
+        ("v2", GgmlType::Q4_K, 256),
+    ];
+    let f = gguf(
+        &[],
+        specs
+            .iter()
+            .map(|&(n, ty, rows)| {
+                (
+                    n.to_string(),
+                    vec![cols as u64, rows as u64],
+                    ty,
+                    random_weight(ty, rows, cols, 0.05, &mut r),
+                )
+            })
+            .collect(),
+    );
+    let ws: Vec<_> = specs
+        .iter()
+        .map(|&(n, _, _)| g.upload(wref(&f, n)).unwrap())
+        .collect();
+    for n_tok in [1usize, 2, 5, 16] {
+        let _ = g.begin_step(&simple_step(vec![0; n_tok]));
+        let x = gpu_in(&g, n_tok, cols, &normals(&mut r, n_tok * cols, 1.0));
+        for group in [&[0usize, 1, 2][..], &[3, 4], &[0, 1, 5], &[2, 5]] {
+            let separate: Vec<Vec<f32>> = group
+                .iter()
+                .map(|&i| {
+                    let mut o = gpu_out(&g, n_tok, specs[i].2);
+                    g.matmul(&ws[i], &x, &mut o);
+                    g.read(&o)
+                })
+                .collect();
+            let mut outs: Vec<CudaTensor> = group
+                .iter()
+                .map(|&i| gpu_out(&g, n_tok, specs[i].2))
+                .collect();
+            {
+                let mut jobs: Vec<_> = group.iter().map(|&i| &ws[i]).zip(outs.iter_mut()).collect();
+                g.matmuls(&x, &mut jobs);
+            }
+            for (k, (o, want)) in outs.iter().zip(&separate).enumerate() {
+                let got = g.read(o);
+                assert!(
+                    got.iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{n_tok} tokens, weights {group:?}: output {k} differs from its own matmul"
+                );
+            }
+        }
+    }
+    println!("fused matmuls: q/k/v, gate/up and mixed groups the same bits as separate launches (1-16 tokens)");
+}
+
 /// RMS norm of a whole row and the gated activation write the next matmul's 8-bit blocks as
 /// they write their output, and q/k/v-style matmuls of one input quantize it once: the results
 /// are the bits of quantizing afterwards, and agree with the CPU.
@@ -1088,7 +1161,7 @@ fn graph_time(g: &CudaBackend, n: usize, f: impl Fn(usize)) -> f64 {
 #[test]
 #[ignore = "needs CUDA"]
 fn matvec_bandwidth_report() {
-    use kestrel_cuda::ops::matmul::{threads_per_row, MvTune};
+    use kestrel_cuda::ops::matmul::{default_rows, threads_per_row, MvTune};
     let g = gpu();
     let cases: [(&str, GgmlType, usize, usize); 16] = [
         ("q/o proj 8B", GgmlType::Q4_K, 4096, 4096),
@@ -1152,10 +1225,14 @@ fn matvec_bandwidth_report() {
                 g.matmul(&ws[i % copies], &x, &mut out.borrow_mut())
             });
             let gbs = n_bytes as f64 / s / 1e9;
-            let r_def = match n_tok {
-                1 | 2 | 16 => 2,
-                _ => 4,
+            let gg = threads.unwrap_or(g_def);
+            let nt = match n_tok {
+                1 | 2 => n_tok,
+                3 | 4 => 4,
+                5..=8 => 8,
+                _ => 16,
             };
+            let r_def = default_rows(ty, rows, gg, nt);
             let head = if first {
                 format!(
                     "{label} | {ty} | {rows} × {cols} | {:.1}",
@@ -1167,7 +1244,7 @@ fn matvec_bandwidth_report() {
             first = false;
             println!(
                 "| {head} | {n_tok} ({}, {}) | {:.2} | {gbs:.0} | {:.0}% |",
-                threads.unwrap_or(g_def),
+                gg,
                 rpg.unwrap_or(r_def),
                 s * 1e6,
                 gbs / 4630.0 * 100.0

@@ -126,7 +126,7 @@ pub struct MvTune {
     /// Threads per row (a power of two, 4..=128). Changes the summation order, so a token's
     /// bits differ from those under another value (never varies within a model's run).
     pub threads_per_row: Option<usize>,
-    /// Rows per thread group (1, 2, 4; 16 tokens: 1, 2). Does not change any result bit.
+    /// Rows per thread group (1, 2, 4; 16 tokens: 1, 2). Changes no result bit.
     pub rows: Option<usize>,
 }
 
@@ -134,6 +134,8 @@ pub struct MvTune {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MvShape {
     pub name: &'static str,
+    /// Tokens per pass (NT).
+    pub nt: usize,
     /// Threads per row (G).
     pub threads: usize,
     /// Rows per thread group (R).
@@ -149,14 +151,32 @@ fn units_per_row(ty: GgmlType, cols: usize) -> usize {
 }
 
 /// Threads per row: a function of the matrix's shape only (it fixes each row's summation order,
-/// so it must not depend on the token count). Large matrices (>= 4096 rows, enough rows to fill
-/// the GPU) give each thread about 2 units per row; smaller ones 1, spreading a row over up to 4
-/// warps (split-K inside the block) so that short k/v-sized matrices still have enough threads
-/// loading at once.
+/// so it must not depend on the token count). Measured on the H200 (docs/benchmarks/
+/// cuda-decode.md): matrices of >= 4096 rows are fastest with 2-4 units per thread (the largest
+/// power of two <= half the units), shorter ones with one unit per thread, a row spread over up
+/// to 4 warps (split-K inside the block) so that k/v-sized matrices still have enough loads in
+/// flight.
 pub fn threads_per_row(ty: GgmlType, rows: usize, cols: usize) -> usize {
-    let nu = units_per_row(ty, cols);
-    let per_thread = if rows >= 4096 { 2 } else { 1 };
-    nu.div_ceil(per_thread).next_power_of_two().clamp(4, 128)
+    let nu = units_per_row(ty, cols).max(1);
+    let g = if rows >= 4096 {
+        1usize << (nu / 2).max(1).ilog2()
+    } else {
+        nu.next_power_of_two()
+    };
+    g.clamp(4, 128)
+}
+
+/// Rows per thread group by default (measured as above): 2 for 1-2 tokens (1 for Q8_0 rows
+/// spread over 4 warps, whose loads are already many and light), 4 for 4 tokens and for 8 on
+/// large matrices (each token's activations then serve 4 rows), else 2.
+pub fn default_rows(ty: GgmlType, rows: usize, g: usize, nt: usize) -> usize {
+    match nt {
+        1 | 2 if ty == GgmlType::Q8_0 && g == 128 => 1,
+        1 | 2 => 2,
+        4 => 4,
+        8 if rows >= 8192 => 4,
+        _ => 2,
+    }
 }
 
 /// The 16-byte kernel for a weight and token count: NT tokens per pass (1, 2, 4, 8, 16), R rows
@@ -180,22 +200,18 @@ fn fast_kernel(b: &CudaBackend, w: &CudaWeight, n_tok: usize) -> Option<MvShape>
         _ => 16,
     };
     let tune = b.mv_tune();
-    let max_r = if nt == 16 { 2 } else { 4 };
-    let default_r = match nt {
-        1 | 2 => 2,
-        16 => 2,
-        _ => 4,
-    };
-    let r = tune
-        .rows
-        .filter(|r| matches!(r, 1 | 2 | 4) && *r <= max_r)
-        .unwrap_or(default_r);
     let g = tune
         .threads_per_row
         .filter(|g| g.is_power_of_two() && (4..=128).contains(g))
         .unwrap_or_else(|| threads_per_row(w.ty, w.rows, w.cols));
+    let max_r = if nt == 16 { 2 } else { 4 };
+    let r = tune
+        .rows
+        .filter(|r| matches!(r, 1 | 2 | 4) && *r <= max_r)
+        .unwrap_or_else(|| default_rows(w.ty, w.rows, g, nt));
     Some(MvShape {
         name: mv_name(ty, nt, r),
+        nt,
         threads: g,
         rows: r,
     })
@@ -432,19 +448,7 @@ pub fn matmul(b: &CudaBackend, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTen
         Arg::I32(w.rows as i32),
     ];
     if let Some(mv) = fast_kernel(b, w, n_tok) {
-        let rows_per_block = MV_THREADS / mv.threads * mv.rows;
-        let mut args = head.to_vec();
-        args.push(Arg::I32(nb as i32));
-        args.extend_from_slice(&act_args);
-        args.push(Arg::I32(mv.threads as i32));
-        b.launch_w(
-            mv.name,
-            (w.rows.div_ceil(rows_per_block) as u32, 1, 1),
-            (MV_THREADS as u32, 1, 1),
-            0,
-            &args,
-            writes,
-        );
+        launch_mv(b, &q, nb, n_tok, &[(w, out.ptr, mv)], writes);
         return;
     }
     let name = generic_kernel(w.ty)
@@ -453,6 +457,113 @@ pub fn matmul(b: &CudaBackend, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTen
     args.push(Arg::I32((w.cols / 32) as i32));
     args.extend_from_slice(&act_args);
     b.launch_w(name, grid, block, 0, &args, writes);
+}
+
+/// Launch a 16-byte matvec over 1-3 weights that share the quantized input `q` (one grid,
+/// consecutive block ranges; kernels/mv.cu `mv_segs`). All segments use the first one's kernel
+/// (type, NT, R); each keeps its own threads per row.
+fn launch_mv(
+    b: &CudaBackend,
+    q: &crate::backend::QInput,
+    nb: usize,
+    n_tok: usize,
+    segs: &[(&CudaWeight, u64, MvShape)],
+    writes: (u64, usize),
+) {
+    assert!((1..=3).contains(&segs.len()));
+    let r = segs[0].2.rows;
+    let mut args = vec![
+        Arg::Ptr(q.base),
+        Arg::Ptr(q.base + q.lay.d as u64),
+        Arg::Ptr(q.base + q.lay.s as u64),
+        Arg::I32(nb as i32),
+        Arg::I32(n_tok as i32),
+    ];
+    let mut end = 0usize;
+    for i in 0..3 {
+        // Unused segments repeat the last one with an empty block range (never reached).
+        let (w, out, mv) = segs[i.min(segs.len() - 1)];
+        if i < segs.len() {
+            end += w.rows.div_ceil(MV_THREADS / mv.threads * r);
+        }
+        args.extend_from_slice(&[
+            Arg::Ptr(w.ptr),
+            Arg::U64(w.row_bytes as u64),
+            Arg::I32(w.rows as i32),
+            Arg::Ptr(out),
+            Arg::I32(mv.threads as i32),
+            Arg::I32(end as i32),
+        ]);
+    }
+    b.launch_w(
+        segs[0].2.name,
+        (end as u32, 1, 1),
+        (MV_THREADS as u32, 1, 1),
+        0,
+        &args,
+        writes,
+    );
+}
+
+/// out_i = x · W_iᵀ for weights sharing the input x (q/k/v, gate/up): consecutive weights with
+/// the same 16-byte kernel (type and tokens per pass) run as one launch of up to 3 segments,
+/// each row with the bits of its own `matmul` (`KESTREL_CUDA_FUSE=0`: one launch each).
+pub fn matmuls(b: &CudaBackend, x: &CudaTensor, jobs: &mut [(&CudaWeight, &mut CudaTensor)]) {
+    let n_tok = x.rows;
+    let mut i = 0;
+    while i < jobs.len() {
+        let first = if b.fuse_matmuls() && n_tok > 0 {
+            fast_kernel(b, jobs[i].0, n_tok)
+        } else {
+            None
+        };
+        let Some(mv0) = first else {
+            let (w, out) = &mut jobs[i];
+            matmul(b, w, x, out);
+            i += 1;
+            continue;
+        };
+        let mut segs = vec![(jobs[i].0, jobs[i].1.ptr, mv0)];
+        let mut j = i + 1;
+        while j < jobs.len() && segs.len() < 3 {
+            let w = jobs[j].0;
+            match fast_kernel(b, w, n_tok) {
+                Some(mv) if w.ty == jobs[i].0.ty && mv.nt == mv0.nt && w.cols == jobs[i].0.cols => {
+                    segs.push((w, jobs[j].1.ptr, mv));
+                    j += 1;
+                }
+                _ => break,
+            }
+        }
+        if segs.len() == 1 {
+            let (w, out) = &mut jobs[i];
+            matmul(b, w, x, out);
+            i += 1;
+            continue;
+        }
+        for (w, out) in jobs[i..j].iter() {
+            assert_eq!(
+                (x.cols, out.cols, out.rows),
+                (w.cols, w.rows, x.rows),
+                "matmuls: shapes"
+            );
+        }
+        let fmt = act_fmt(jobs[i].0.ty).expect("quantized");
+        let q = b.quantized(x, fmt);
+        for (_, out) in jobs[i + 1..j].iter() {
+            b.wrote(out.ptr, out.len() * 4);
+        }
+        let out0 = &jobs[i].1;
+        launch_mv(
+            b,
+            &q,
+            x.cols / fmt.block(),
+            n_tok,
+            &segs,
+            (out0.ptr, out0.len() * 4),
+        );
+        i = j;
+    }
 }
 
 /// Quantize host values with the GPU kernel (Q8_1 rule if `k` is false, else Q8_K) and return
