@@ -1,9 +1,9 @@
-//! out = x · Wᵀ (kernels/quantize.cu + kernels/matvec.cu).
+//! out = x · Wᵀ (kernels/quantize.cu + kernels/mv.cu, kernels/matvec.cu).
 //!
 //! Quantized weights: the activations are quantized to the 8-bit format the CPU backend pairs
 //! with the weight type — A32 (the CPU's Q8_0/Q8_1 blocks) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, A256
 //! (its Q8_K) for the K-quants — so both backends form the same integer sums; then a dp4a matvec
-//! runs, one warp per weight row. The GPU keeps the blocks as arrays (codes, then scales, then
+//! runs. The GPU keeps the blocks as arrays (codes, then scales, then
 //! sums: `ActLayout`) so codes load 16 bytes at a time.
 //!
 //! Quantizing once per input, not once per matmul: the backend remembers the last quantized
@@ -13,11 +13,13 @@
 //! kernels/act.cu), in the format the last matmul used. Every launch that may write an input's
 //! memory forgets it.
 //!
-//! Kernels: Q4_K, Q6_K and Q8_0 (what Q4_K_M, Q6_K and Q8_0 models are made of) have 16-byte
-//! kernels, weight-stationary over up to 8 tokens (`mv_*`); Q6_K and Q8_0 rows, whose blocks are
-//! not 16-byte aligned, are repacked at upload (`repack_q6_k`, `repack_q8_0`). Every other type
-//! runs the generic kernel (`matvec_<type>`), as do all types with `KESTREL_CUDA_FAST_MATVEC=0`.
-//! Float weights (F32/F16/BF16) take the f32 activations directly.
+//! Kernels: Q4_K, Q6_K, Q8_0 and Q4_0 (what Q4_K_M, Q6_K, Q8_0 and Q4_0 models are made of) have
+//! 16-byte kernels (`mv_<type>_<NT>_<R>`, kernels/mv.cu): G threads per row chosen from the shape
+//! (`threads_per_row`), R rows per thread group sharing each token's activations, 1-16 tokens per
+//! pass; `matmuls` runs weights sharing an input as one launch. Q6_K, Q8_0 and Q4_0 rows, whose
+//! blocks are not 16-byte aligned, are repacked at upload (`repack_*`). Every other type runs the
+//! generic kernel (`matvec_<type>`, one warp per row), as do all types with
+//! `KESTREL_CUDA_FAST_MATVEC=0`. Float weights (F32/F16/BF16) take the f32 activations directly.
 
 use kestrel_gguf::GgmlType;
 
@@ -36,7 +38,7 @@ const MV_THREADS: usize = 128;
 /// The GPU's 8-bit activation formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActFmt {
-    /// Per 32 values: f16 d, f16 s (= d · Σq), 32 codes (the reference Q8_1).
+    /// Per 32 values: f16 d, f16 s (= d · Σq), 32 codes (the CPU's Q8_1; Q8_0 without s).
     A32,
     /// Per 256 values: f32 d, 256 codes, 16 int16 sums of 16 codes (the reference Q8_K).
     A256,
