@@ -785,6 +785,7 @@ fn matmul_rows_are_the_same_bits_in_any_batch() {
 #[ignore = "needs CUDA"]
 fn fused_matmuls_are_the_same_bits_as_separate_ones() {
     let g = gpu();
+    g.set_gemm_rows(kestrel_cuda::GemmRows::OFF); // the matvecs at every token count
     let cols = 512;
     let mut r = rng(901);
     let specs = [
@@ -1163,6 +1164,7 @@ fn graph_time(g: &CudaBackend, n: usize, f: impl Fn(usize)) -> f64 {
 fn matvec_bandwidth_report() {
     use kestrel_cuda::ops::matmul::{default_rows, threads_per_row, MvTune};
     let g = gpu();
+    g.set_gemm_rows(kestrel_cuda::GemmRows::OFF); // the matvecs at every token count
     let cases: [(&str, GgmlType, usize, usize); 16] = [
         ("q/o proj 8B", GgmlType::Q4_K, 4096, 4096),
         ("k/v proj 8B", GgmlType::Q4_K, 1024, 4096),

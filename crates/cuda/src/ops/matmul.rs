@@ -509,13 +509,22 @@ fn launch_mv(
 
 /// out_i = x · W_iᵀ for weights sharing the input x (q/k/v, gate/up): consecutive weights with
 /// the same 16-byte kernel (type and tokens per pass) run as one launch of up to 3 segments,
-/// each row with the bits of its own `matmul` (`KESTREL_CUDA_FUSE=0`: one launch each).
+/// each row with the bits of its own `matmul` (`KESTREL_CUDA_FUSE=0`: one launch each). Weights
+/// the GEMM path takes at this token count run through `matmul`, as they would alone.
 pub fn matmuls(b: &CudaBackend, x: &CudaTensor, jobs: &mut [(&CudaWeight, &mut CudaTensor)]) {
     let n_tok = x.rows;
     let mut i = 0;
     while i < jobs.len() {
+        // Weights the many-rows GEMM path takes (ops/gemm.rs) go through `matmul`.
+        let mv_takes = |w: &CudaWeight| {
+            if crate::ops::gemm::takes(b, w, n_tok) {
+                None
+            } else {
+                fast_kernel(b, w, n_tok)
+            }
+        };
         let first = if b.fuse_matmuls() && n_tok > 0 {
-            fast_kernel(b, jobs[i].0, n_tok)
+            mv_takes(jobs[i].0)
         } else {
             None
         };
@@ -529,7 +538,7 @@ pub fn matmuls(b: &CudaBackend, x: &CudaTensor, jobs: &mut [(&CudaWeight, &mut C
         let mut j = i + 1;
         while j < jobs.len() && segs.len() < 3 {
             let w = jobs[j].0;
-            match fast_kernel(b, w, n_tok) {
+            match mv_takes(w) {
                 Some(mv) if w.ty == jobs[i].0.ty && mv.nt == mv0.nt && w.cols == jobs[i].0.cols => {
                     segs.push((w, jobs[j].1.ptr, mv));
                     j += 1;
