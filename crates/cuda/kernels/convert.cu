@@ -4,7 +4,7 @@
 // padding zeroed, 8 values (one 16-byte store) per thread.
 //
 // A weight value is dequant.cuh's `dequant_elem` (bit-identical to kestrel_gguf's reference
-// dequantizer, repacked Q6_K / Q8_0 rows included) rounded to the nearest bf16, ties to even:
+// dequantizer, repacked Q6_K / Q8_0 / Q4_0 rows included) rounded to the nearest bf16, ties to even:
 // exactly `half::bf16::from_f32` of the reference f32.
 
 // f32 -> bf16 bits, round to nearest even (NaN stays a quiet NaN, as half::bf16::from_f32 does).
@@ -119,6 +119,7 @@ extern "C" __global__ void dequant_bf16(int ty, const u8* W, u64 row_bytes, int 
     case GT_Q6_K: dequant_rows<GT_Q6_K>(W, row_bytes, cols, ld, out, n_groups); break;
     case GT_Q8_0_R: dequant_rows<GT_Q8_0_R>(W, row_bytes, cols, ld, out, n_groups); break;
     case GT_Q6_K_R: dequant_rows<GT_Q6_K_R>(W, row_bytes, cols, ld, out, n_groups); break;
+    case GT_Q4_0_R: dequant_rows<GT_Q4_0_R>(W, row_bytes, cols, ld, out, n_groups); break;
     default: break;
     }
 }

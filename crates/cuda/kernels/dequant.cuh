@@ -16,10 +16,11 @@
 #define GT_Q6_K 14
 #define GT_Q8_K 15
 #define GT_BF16 30
-// Rows repacked at upload for the 16-byte matvecs (matvec.cu, ops/matmul.rs `repack_*`).
+// Rows repacked at upload for the 16-byte matvecs (mv.cu, ops/matmul.rs `repack_*`).
 #define GT_REPACKED 0x100
 #define GT_Q8_0_R (GT_REPACKED | GT_Q8_0)
 #define GT_Q6_K_R (GT_REPACKED | GT_Q6_K)
+#define GT_Q4_0_R (GT_REPACKED | GT_Q4_0)
 
 __device__ __forceinline__ int legacy_nib(const u8* qs, int j) { return (qs[j & 15] >> (4 * (j >> 4))) & 0xF; }
 
@@ -116,6 +117,10 @@ __device__ float dequant_elem(int ty, const u8* row, int i, int cols) {
     case GT_Q8_0_R: {
         const int nb = cols >> 5;
         return __fmul_rn(ldh(row + nb * 32 + 2 * (i >> 5)), (float)(i8)row[i]);
+    }
+    case GT_Q4_0_R: {
+        const int nb = cols >> 5;
+        return __fmul_rn(ldh(row + nb * 16 + 2 * (i >> 5)), (float)(legacy_nib(row + 16 * (i >> 5), i & 31) - 8));
     }
     case GT_Q6_K_R: {
         const int nb = cols >> 8, b = i >> 8;

@@ -1,14 +1,18 @@
 // Per-warp 8-bit activation quantizers (ops/matmul.rs `ActFmt`), shared by quantize.cu and the
 // producers that quantize their own output for the next matmul (norm.cu, act.cu). Bit-identical
-// to the CPU reference quantizers; see quantize.cu for the rules and layouts.
+// to the CPU backend's quantizers; see quantize.cu for the rules and layouts.
 
 // One warp quantizes one block of 32; lane `lane` holds value v. Block b's outputs go to
-// codes[32b..], d[b], s[b] (the caller passes pointers already offset to block b).
+// codes[32b..], d[b], s[b] (the caller passes pointers already offset to block b). The rule of
+// the CPU backend (kestrel_cpu::quant_dot::acts, llama.cpp's x86 quantize_row_q8_0/_q8_1):
+// d = amax / 127, codes = nearest-even(x * (127 / amax)) (not x * (1/d), not roundf), s = d * sum
+// with the unrounded d; d and s stored as f16.
 __device__ __forceinline__ void q8_32_warp(float v, int lane, i8* codes, u16* d_out, u16* s_out) {
     const float amax = warp_max(fabsf(v));
     const float d = __fdiv_rn(amax, 127.0f);
-    const float id = d != 0.0f ? __frcp_rn(d) : 0.0f;
-    const float qf = fminf(fmaxf(roundf(__fmul_rn(v, id)), -127.0f), 127.0f);
+    const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    // |v * id| <= 127 up to an ulp, so the CPU's int8 saturation never triggers.
+    const float qf = fminf(fmaxf(rintf(__fmul_rn(v, id)), -128.0f), 127.0f);
     const int q = (int)qf;
     const int sum = warp_sum_i(q);
     codes[lane] = (i8)q;

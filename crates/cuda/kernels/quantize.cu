@@ -2,14 +2,15 @@
 // arrays, so codes can be read 16 bytes at a time; ops/matmul.rs `ActFmt`):
 //
 //   A32  (pairs with Q4_0/Q4_1/Q5_0/Q5_1/Q8_0): per 32 values an f16 d, an f16 s, 32 int8 codes;
-//        the CPU reference's Q8_1 rule (kestrel_gguf::quant::quantize_q8_1): d = amax/127,
-//        q = roundf(x * (1/d)) clamped to [-127, 127], s = fp16(d_f32 * sum(q)).
+//        the CPU backend's Q8_0/Q8_1 rule (kestrel_cpu::quant_dot::acts, llama.cpp's x86 one):
+//        d = amax/127, q = nearest-even(x * (127/amax)), s = fp16(d_f32 * sum(q)) (Q8_0 has no
+//        s; the Q8_0-paired kernels never read it).
 //   A256 (pairs with the K-quants): per 256 values an f32 d, 256 int8 codes, 16 int16 sums of 16
-//        codes; the Q8_K rule (quantize_q8_k): the largest magnitude (first on ties) maps to -127,
+//        codes; the Q8_K rule (quantize_q8_k, the CPU's `Q8kSign::First`): the largest magnitude (first on ties) maps to -127,
 //        iscale = -127 / vmax, q = nearest-even(iscale * x) clamped, d = 1 / iscale; an all-zero
 //        block is all zeros.
 //
-// Codes, scales and sums are bit-identical to the reference blocks (only the layout differs:
+// Codes, scales and sums are bit-identical to the CPU backend's blocks (only the layout differs:
 // codes [n_blocks * B] contiguous, then the scales, then the s/sum arrays). The per-warp
 // quantizers are in q8.cuh, shared with the fused producers (norm.cu, act.cu).
 

@@ -61,15 +61,16 @@ pub struct CudaBackend {
     step_buf: Mutex<StepBuf>,
     state: Mutex<State>,
     graphs: Mutex<Graphs>,
-    /// 16-byte matvec kernels, with Q6_K/Q8_0 rows repacked at upload
+    /// 16-byte matvec kernels, with Q6_K/Q8_0/Q4_0 rows repacked at upload
     /// (`KESTREL_CUDA_FAST_MATVEC=0` turns them off).
     fast_matvec: bool,
     /// Launch with programmatic dependent launch (sm_90+; `KESTREL_CUDA_PDL=0` turns it off):
     /// each kernel may start while its predecessor runs, up to its `PDL_WAIT` (common.cuh).
     pdl: bool,
-    /// Units in flight per lane of 1-2 token matvecs, when set (`KESTREL_CUDA_MV_U`, tests);
-    /// else chosen per weight (ops/matmul.rs).
-    mv_unroll: Mutex<Option<usize>>,
+    /// Overrides of the 16-byte matvecs' launch shape (`KESTREL_CUDA_MV_G` threads per row,
+    /// `KESTREL_CUDA_MV_R` rows per thread group; tests and benchmarks), else chosen per
+    /// weight and token count (ops/matmul.rs `MvShape`).
+    mv_tune: Mutex<crate::ops::matmul::MvTune>,
     /// The many-rows matmul path: cuBLAS, thresholds, the step's bf16 input (ops/gemm.rs).
     pub(crate) gemm: crate::ops::gemm::GemmState,
     /// Runs of at least this many consecutive query tokens of one sequence take the prefill
@@ -82,6 +83,9 @@ pub struct CudaBackend {
     sm_count: usize,
     /// Shared memory a block may opt in to (bytes): which prefill kernels fit on the device.
     smem_optin: usize,
+    /// Run matmuls that share an input (q/k/v, gate/up) as one launch where they can
+    /// (`KESTREL_CUDA_FUSE=0` turns it off).
+    fuse_matmuls: bool,
     device_name: String,
     arch: String,
 }
@@ -364,10 +368,9 @@ impl CudaBackend {
             "0" | "off" | "false"
         );
         let pdl = major >= 9 && !matches!(env("KESTREL_CUDA_PDL").as_str(), "0" | "off" | "false");
-        let mv_unroll = match env("KESTREL_CUDA_MV_U").as_str() {
-            "2" => Some(2),
-            "4" => Some(4),
-            _ => None,
+        let mv_tune = crate::ops::matmul::MvTune {
+            threads_per_row: env("KESTREL_CUDA_MV_G").parse().ok(),
+            rows: env("KESTREL_CUDA_MV_R").parse().ok(),
         };
         ctx.bind_to_thread()
             .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
@@ -413,12 +416,13 @@ impl CudaBackend {
             }),
             fast_matvec,
             pdl,
-            mv_unroll: Mutex::new(mv_unroll),
+            mv_tune: Mutex::new(mv_tune),
             gemm,
             prefill_min: Mutex::new(prefill_min),
             prefill_variant: Mutex::new(None),
             sm_count,
             smem_optin,
+            fuse_matmuls: !matches!(env("KESTREL_CUDA_FUSE").as_str(), "0" | "off" | "false"),
             device_name,
             arch,
         })
@@ -466,13 +470,14 @@ impl CudaBackend {
             .ok_or_else(|| anyhow!("empty graph"))
     }
 
-    /// Force 2 or 4 units in flight per lane in 1-2 token matvecs (None: per weight).
-    pub fn set_mv_unroll(&self, u: Option<usize>) {
-        *self.mv_unroll.lock().expect("lock") = u;
+    /// Force the 16-byte matvecs' threads per row and rows per group (None: chosen per
+    /// weight; invalid values are ignored).
+    pub fn set_mv_tune(&self, t: crate::ops::matmul::MvTune) {
+        *self.mv_tune.lock().expect("lock") = t;
     }
 
-    pub fn mv_unroll(&self) -> Option<usize> {
-        *self.mv_unroll.lock().expect("lock")
+    pub fn mv_tune(&self) -> crate::ops::matmul::MvTune {
+        *self.mv_tune.lock().expect("lock")
     }
 
     /// Runs of at least `min` query tokens take the prefill attention kernel from the next
@@ -507,12 +512,17 @@ impl CudaBackend {
         self.smem_optin
     }
 
+    /// Whether matmuls sharing an input run as one launch (`matmuls`).
+    pub fn fuse_matmuls(&self) -> bool {
+        self.fuse_matmuls
+    }
+
     /// Whether kernels launch with programmatic dependent launch.
     pub fn pdl(&self) -> bool {
         self.pdl
     }
 
-    /// Whether the 16-byte matvec kernels (and the repacked Q6_K/Q8_0 rows) are in use.
+    /// Whether the 16-byte matvec kernels (and the repacked Q6_K/Q8_0/Q4_0 rows) are in use.
     pub fn fast_matvec(&self) -> bool {
         self.fast_matvec
     }
@@ -1089,6 +1099,10 @@ impl Backend for CudaBackend {
 
     fn matmul(&self, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTensor) {
         crate::ops::matmul::matmul(self, w, x, out)
+    }
+
+    fn matmuls(&self, x: &CudaTensor, jobs: &mut [(&CudaWeight, &mut CudaTensor)]) {
+        crate::ops::matmul::matmuls(self, x, jobs)
     }
 
     fn add_bias(&self, x: &mut CudaTensor, bias: &CudaWeight) {

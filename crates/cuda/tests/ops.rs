@@ -75,8 +75,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Blocks of 32 with scales e^U(-8, 8), an all-zero block, one of exact ties, one with a
-/// repeated largest magnitude of both signs.
+/// Blocks of 32 with scales e^U(-8, 8), an all-zero block, two of exact ties (one whose codes
+/// are the halves themselves), one with a repeated largest magnitude of both signs.
 fn activation_samples(n_blocks32: usize, seed: u64) -> Vec<f32> {
     let mut r = rng(seed);
     let mut x = Vec::new();
@@ -86,6 +86,9 @@ fn activation_samples(n_blocks32: usize, seed: u64) -> Vec<f32> {
             x.push(match b {
                 7 | 40..=47 => 0.0,
                 9 => (i as f32 - 15.5) * 0.5,
+                // amax 127: codes are the values, all halves (ties) but one.
+                11 if i == 0 => 127.0,
+                11 => i as f32 - 15.5,
                 13 if i % 5 == 0 => {
                     if i % 2 == 0 {
                         3.0
@@ -101,9 +104,13 @@ fn activation_samples(n_blocks32: usize, seed: u64) -> Vec<f32> {
     x
 }
 
+/// The GPU quantizer (A32: the Q8_1 blocks, whose d and codes are also the Q8_0 ones; A256: Q8_K)
+/// against the CPU backend's (llama.cpp's x86 rules), byte for byte. Q8_K tokens always take the
+/// reference sign rule on the GPU (a token's bits must not depend on its batch).
 #[test]
 #[ignore = "needs CUDA"]
-fn quantize_q8_1_and_q8_k_are_bit_identical_to_the_reference() {
+fn quantize_q8_1_and_q8_k_are_bit_identical_to_the_cpu() {
+    use kestrel_cpu::quant_dot::acts;
     let g = gpu();
     let x = activation_samples(256, 1);
     let _step = g.begin_step(&simple_step(vec![0]));
@@ -111,15 +118,30 @@ fn quantize_q8_1_and_q8_k_are_bit_identical_to_the_reference() {
         let got = kestrel_cuda::ops::matmul::quantize_to_host(&g, &x, k);
         let mut want = vec![0u8; got.len()];
         if k {
-            kestrel_gguf::quant::quantize_q8_k(&x, &mut want);
+            acts::quantize_row_q8_k(&x, &mut want, acts::Q8kSign::First);
         } else {
-            kestrel_gguf::quant::quantize_q8_1(&x, &mut want);
+            acts::quantize_row_q8_1(&x, &mut want);
+        }
+        // The Q8_0 blocks are the Q8_1 ones without s; and the samples tell this rule from
+        // kestrel_gguf's reference one (x · (1/d), roundf), so the test can fail.
+        if !k {
+            let mut gguf_rule = vec![0u8; want.len()];
+            kestrel_gguf::quant::quantize_q8_1(&x, &mut gguf_rule);
+            let n = gguf_rule.iter().zip(&want).filter(|(a, b)| a != b).count();
+            println!("quantize Q8_1: the gguf reference rule differs in {n} bytes");
+            assert!(n > 0, "samples do not separate the two Q8_1 rules");
+            let mut q8_0 = vec![0u8; x.len() / 32 * 34];
+            acts::quantize_row_q8_0(&x, &mut q8_0);
+            for (b0, b1) in q8_0.chunks_exact(34).zip(want.chunks_exact(36)) {
+                assert_eq!(&b0[..2], &b1[..2]);
+                assert_eq!(&b0[2..], &b1[4..]);
+            }
         }
         let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         println!("quantize {name}: {diff} differing bytes of {}", want.len());
         assert_eq!(
             diff, 0,
-            "GPU {name} blocks differ from the kestrel_gguf reference quantizer"
+            "GPU {name} blocks differ from the CPU backend's quantizer"
         );
     }
 }
@@ -261,7 +283,19 @@ fn matmul_every_type_against_cpu_and_exact() {
             g.upload(wref(&f, "w")).unwrap(),
             cpu.upload(wref(&f, "w")).unwrap(),
         );
-        for n_tok in [1usize, 2, 3, 5, 8, 11, 17] {
+        let tunes: &[Option<usize>] = if kestrel_cuda::ops::matmul::has_fast_kernel(ty) {
+            &[None, Some(4), Some(128)]
+        } else {
+            &[None]
+        };
+        for (n_tok, &threads) in [1usize, 2, 3, 5, 8, 11, 17]
+            .into_iter()
+            .flat_map(|n| tunes.iter().map(move |t| (n, t)))
+        {
+            g.set_mv_tune(kestrel_cuda::ops::matmul::MvTune {
+                threads_per_row: threads,
+                rows: None,
+            });
             let _ = g.begin_step(&simple_step(vec![0]));
             let x = normals(&mut r, n_tok * cols, 1.0);
             let (xg, xc) = (gpu_in(&g, n_tok, cols, &x), cpu_in(&cpu, n_tok, cols, &x));
@@ -276,15 +310,16 @@ fn matmul_every_type_against_cpu_and_exact() {
                 rel_err(&got, &exact),
                 rel_err(&oc.data, &exact),
             );
-            println!("matmul {ty:>5} n_tok {n_tok:>2}: vs CPU {e_cpu:.2e}  vs exact {e_exact:.2e}  (CPU vs exact {e_cpu_exact:.2e})");
+            println!("matmul {ty:>5} n_tok {n_tok:>2} threads/row {threads:?}: vs CPU {e_cpu:.2e}  vs exact {e_exact:.2e}  (CPU vs exact {e_cpu_exact:.2e})");
             let tol_exact = if ty.is_quantized() { 2e-2 } else { 1e-5 };
             if e_cpu > matmul_tol_vs_cpu(ty) || e_exact > tol_exact {
                 worst.push(format!(
-                    "{ty} n_tok {n_tok}: vs CPU {e_cpu:.2e}, vs exact {e_exact:.2e}"
+                    "{ty} n_tok {n_tok} threads/row {threads:?}: vs CPU {e_cpu:.2e}, vs exact {e_exact:.2e}"
                 ));
             }
         }
     }
+    g.set_mv_tune(Default::default());
     assert!(
         worst.is_empty(),
         "matmul out of tolerance:\n{}",
@@ -654,10 +689,12 @@ fn arena_overflows_then_grows_between_steps_with_stable_addresses() {
 
 /// A token's matmul result is the same bits whatever batch it is in (what lets a padded,
 /// graph-replayed decode step match an eager one), for the 16-byte kernels at every tokens-per-
-/// pass width and for the generic kernel.
+/// pass width and rows-per-group count, at several threads-per-row counts (butterfly only, and
+/// across warps), and for the generic kernel.
 #[test]
 #[ignore = "needs CUDA"]
 fn matmul_rows_are_the_same_bits_in_any_batch() {
+    use kestrel_cuda::ops::matmul::MvTune;
     let g = gpu();
     // The matvecs' property (the GEMM path's results depend on the row count).
     g.set_gemm_rows(kestrel_cuda::GemmRows::OFF);
@@ -666,6 +703,7 @@ fn matmul_rows_are_the_same_bits_in_any_batch() {
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q8_0,
+        GgmlType::Q4_0,
         GgmlType::Q5_0,
     ]
     .into_iter()
@@ -684,46 +722,130 @@ fn matmul_rows_are_the_same_bits_in_any_batch() {
         let w = g.upload(wref(&f, "w")).unwrap();
         let n = 19;
         let x = normals(&mut r, n * cols, 1.0);
-        let _ = g.begin_step(&simple_step(vec![0; n]));
-        let all = {
-            let xg = gpu_in(&g, n, cols, &x);
-            let mut o = gpu_out(&g, n, rows);
-            g.matmul(&w, &xg, &mut o);
-            g.read(&o)
-        };
-        for (batch, unroll) in [
-            (1usize, Some(2)),
-            (1, Some(4)),
-            (2, Some(2)),
-            (2, Some(4)),
-            (3, None),
-            (4, None),
-            (7, None),
-            (8, None),
-        ] {
-            g.set_mv_unroll(unroll);
-            for t0 in (0..n).step_by(batch) {
-                let m = batch.min(n - t0);
-                let xg = gpu_in(&g, m, cols, &x[t0 * cols..(t0 + m) * cols]);
-                let mut o = gpu_out(&g, m, rows);
+        for threads in [None, Some(4), Some(128)] {
+            let tune = |rows| MvTune {
+                threads_per_row: threads,
+                rows,
+            };
+            g.set_mv_tune(tune(None));
+            let _ = g.begin_step(&simple_step(vec![0; n]));
+            let all = {
+                let xg = gpu_in(&g, n, cols, &x);
+                let mut o = gpu_out(&g, n, rows);
                 g.matmul(&w, &xg, &mut o);
-                let got = g.read(&o);
-                let same = got
-                    .iter()
-                    .zip(&all[t0 * rows..(t0 + m) * rows])
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                g.read(&o)
+            };
+            for (batch, rpg) in [
+                (1usize, Some(1)),
+                (1, Some(2)),
+                (1, Some(4)),
+                (2, Some(1)),
+                (2, Some(4)),
+                (3, None),
+                (4, Some(1)),
+                (4, Some(2)),
+                (7, None),
+                (8, Some(1)),
+                (8, Some(4)),
+                (12, None),
+                (16, Some(1)),
+                (16, None),
+            ] {
+                g.set_mv_tune(tune(rpg));
+                for t0 in (0..n).step_by(batch) {
+                    let m = batch.min(n - t0);
+                    let xg = gpu_in(&g, m, cols, &x[t0 * cols..(t0 + m) * cols]);
+                    let mut o = gpu_out(&g, m, rows);
+                    g.matmul(&w, &xg, &mut o);
+                    let got = g.read(&o);
+                    let same = got
+                        .iter()
+                        .zip(&all[t0 * rows..(t0 + m) * rows])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{ty}: tokens {t0}..{} in a batch of {m} (threads per row {threads:?}, rows {rpg:?}) differ from the batch of {n}",
+                        t0 + m
+                    );
+                }
+            }
+        }
+        g.set_mv_tune(MvTune::default());
+        println!(
+            "matmul {ty}: every token the same bits in batches of 1..16 (every rows-per-group count, 3 thread counts) and {n}"
+        );
+    }
+}
+
+/// Matmuls sharing an input (`Backend::matmuls`: q/k/v, gate/up) run as one launch where the
+/// weights share a kernel; every output is the same bits as its own `matmul` (each segment keeps
+/// its shape's threads per row: here 4 for the 4096-row matrix, 8 for the 256-row ones), and a
+/// weight of another type in the list runs on its own.
+#[test]
+#[ignore = "needs CUDA"]
+fn fused_matmuls_are_the_same_bits_as_separate_ones() {
+    let g = gpu();
+    g.set_gemm_rows(kestrel_cuda::GemmRows::OFF); // the matvecs at every token count
+    let cols = 512;
+    let mut r = rng(901);
+    let specs = [
+        ("q", GgmlType::Q4_K, 4096),
+        ("k", GgmlType::Q4_K, 256),
+        ("v", GgmlType::Q6_K, 256),
+        ("gate", GgmlType::Q8_0, 768),
+        ("up", GgmlType::Q8_0, 768),
+        ("v2", GgmlType::Q4_K, 256),
+    ];
+    let f = gguf(
+        &[],
+        specs
+            .iter()
+            .map(|&(n, ty, rows)| {
+                (
+                    n.to_string(),
+                    vec![cols as u64, rows as u64],
+                    ty,
+                    random_weight(ty, rows, cols, 0.05, &mut r),
+                )
+            })
+            .collect(),
+    );
+    let ws: Vec<_> = specs
+        .iter()
+        .map(|&(n, _, _)| g.upload(wref(&f, n)).unwrap())
+        .collect();
+    for n_tok in [1usize, 2, 5, 16] {
+        let _ = g.begin_step(&simple_step(vec![0; n_tok]));
+        let x = gpu_in(&g, n_tok, cols, &normals(&mut r, n_tok * cols, 1.0));
+        for group in [&[0usize, 1, 2][..], &[3, 4], &[0, 1, 5], &[2, 5]] {
+            let separate: Vec<Vec<f32>> = group
+                .iter()
+                .map(|&i| {
+                    let mut o = gpu_out(&g, n_tok, specs[i].2);
+                    g.matmul(&ws[i], &x, &mut o);
+                    g.read(&o)
+                })
+                .collect();
+            let mut outs: Vec<CudaTensor> = group
+                .iter()
+                .map(|&i| gpu_out(&g, n_tok, specs[i].2))
+                .collect();
+            {
+                let mut jobs: Vec<_> = group.iter().map(|&i| &ws[i]).zip(outs.iter_mut()).collect();
+                g.matmuls(&x, &mut jobs);
+            }
+            for (k, (o, want)) in outs.iter().zip(&separate).enumerate() {
+                let got = g.read(o);
                 assert!(
-                    same,
-                    "{ty}: tokens {t0}..{} in a batch of {m} (unroll {unroll:?}) differ from the batch of {n}",
-                    t0 + m
+                    got.iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{n_tok} tokens, weights {group:?}: output {k} differs from its own matmul"
                 );
             }
         }
-        g.set_mv_unroll(None);
-        println!(
-            "matmul {ty}: every token the same bits in batches of 1..8 (both unrolls) and {n}"
-        );
     }
+    println!("fused matmuls: q/k/v, gate/up and mixed groups the same bits as separate launches (1-16 tokens)");
 }
 
 /// RMS norm of a whole row and the gated activation write the next matmul's 8-bit blocks as
@@ -1032,14 +1154,18 @@ fn graph_time(g: &CudaBackend, n: usize, f: impl Fn(usize)) -> f64 {
 }
 
 /// Not a check: the achieved weight-read bandwidth of the matvecs (quantized input cached, so
-/// the matvec alone) on the matrices of a qwen3-8b Q4_K_M decode step and a Gemma 4 E4B Q8_0
-/// one, 1 to 8 tokens, against the H200's 4.63 TB/s. Timed as CUDA-graph replays of a chain of
-/// launches over enough copies of the matrix that the reads come from HBM, not the 60 MB L2.
+/// the matvec alone) on the matrices of qwen3-8b / qwen3-0.6b Q4_K_M, Gemma 4 E4B Q8_0 and a
+/// Q4_0 12B decode step, 1 to 16 tokens, against the H200's 4.63 TB/s; for one token also other
+/// launch shapes (G threads per row, R rows per thread group) than the default. Timed as
+/// CUDA-graph replays of a chain of launches over enough copies of the matrix that the reads
+/// come from HBM, not the 60 MB L2.
 #[test]
 #[ignore = "needs CUDA"]
 fn matvec_bandwidth_report() {
+    use kestrel_cuda::ops::matmul::{default_rows, threads_per_row, MvTune};
     let g = gpu();
-    let cases: [(&str, GgmlType, usize, usize); 9] = [
+    g.set_gemm_rows(kestrel_cuda::GemmRows::OFF); // the matvecs at every token count
+    let cases: [(&str, GgmlType, usize, usize); 16] = [
         ("q/o proj 8B", GgmlType::Q4_K, 4096, 4096),
         ("k/v proj 8B", GgmlType::Q4_K, 1024, 4096),
         ("v proj 8B", GgmlType::Q6_K, 1024, 4096),
@@ -1047,10 +1173,17 @@ fn matvec_bandwidth_report() {
         ("down 8B", GgmlType::Q4_K, 4096, 12288),
         ("down 8B", GgmlType::Q6_K, 4096, 12288),
         ("lm head 8B", GgmlType::Q6_K, 151936, 4096),
+        ("q 0.6B", GgmlType::Q4_K, 2048, 1024),
+        ("k/v 0.6B", GgmlType::Q4_K, 1024, 1024),
+        ("gate/up 0.6B", GgmlType::Q4_K, 3072, 1024),
+        ("down 0.6B", GgmlType::Q6_K, 1024, 3072),
+        ("k/v E4B", GgmlType::Q8_0, 512, 2560),
         ("gate/up E4B", GgmlType::Q8_0, 10240, 2560),
         ("down E4B", GgmlType::Q8_0, 2560, 10240),
+        ("gate/up 12B", GgmlType::Q4_0, 15360, 3840),
+        ("down 12B", GgmlType::Q4_0, 3840, 15360),
     ];
-    println!("| matrix | type | rows × cols | MB | tokens (units in flight) | µs | GB/s | of 4.63 TB/s |");
+    println!("| matrix | type | rows × cols | MB | tokens (G, R) | µs | GB/s | of 4.63 TB/s |");
     println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for (label, ty, rows, cols) in cases {
         let mut r = rng(7);
@@ -1064,15 +1197,27 @@ fn matvec_bandwidth_report() {
         let ws: Vec<_> = (0..copies)
             .map(|_| g.upload(wref(&f, "w")).unwrap())
             .collect();
-        for (n_tok, unroll) in [
-            (1usize, Some(2)),
-            (1, Some(4)),
-            (2, Some(2)),
-            (2, Some(4)),
-            (4, None),
-            (8, None),
-        ] {
-            g.set_mv_unroll(unroll);
+        let g_def = threads_per_row(ty, rows, cols);
+        let mut shapes: Vec<(usize, Option<usize>, Option<usize>)> =
+            vec![(1, None, None), (1, None, Some(1)), (1, None, Some(4))];
+        for gg in [16, 32, 64, 128] {
+            if gg != g_def {
+                shapes.push((1, Some(gg), None));
+            }
+        }
+        shapes.extend([
+            (2, None, None),
+            (4, None, None),
+            (8, None, None),
+            (8, None, Some(2)),
+            (16, None, None),
+        ]);
+        let mut first = true;
+        for (n_tok, threads, rpg) in shapes {
+            g.set_mv_tune(MvTune {
+                threads_per_row: threads,
+                rows: rpg,
+            });
             let _ = g.begin_step(&simple_step(vec![0; n_tok]));
             let x = gpu_in(&g, n_tok, cols, &normals(&mut r, n_tok * cols, 1.0));
             let mut out = gpu_out(&g, n_tok, rows);
@@ -1082,15 +1227,32 @@ fn matvec_bandwidth_report() {
                 g.matmul(&ws[i % copies], &x, &mut out.borrow_mut())
             });
             let gbs = n_bytes as f64 / s / 1e9;
+            let gg = threads.unwrap_or(g_def);
+            let nt = match n_tok {
+                1 | 2 => n_tok,
+                3 | 4 => 4,
+                5..=8 => 8,
+                _ => 16,
+            };
+            let r_def = default_rows(ty, rows, gg, nt);
+            let head = if first {
+                format!(
+                    "{label} | {ty} | {rows} × {cols} | {:.1}",
+                    n_bytes as f64 / 1e6
+                )
+            } else {
+                " | | |".to_string()
+            };
+            first = false;
             println!(
-                "| {label} | {ty} | {rows} × {cols} | {:.1} | {n_tok}{} | {:.2} | {gbs:.0} | {:.0}% |",
-                n_bytes as f64 / 1e6,
-                unroll.map_or(String::new(), |u| format!(" (U={u})")),
+                "| {head} | {n_tok} ({}, {}) | {:.2} | {gbs:.0} | {:.0}% |",
+                gg,
+                rpg.unwrap_or(r_def),
                 s * 1e6,
                 gbs / 4630.0 * 100.0
             );
         }
-        g.set_mv_unroll(None);
+        g.set_mv_tune(MvTune::default());
     }
 }
 

@@ -115,6 +115,13 @@ pub trait Backend {
     );
     /// out = x · Wᵀ (W stored `[in, out]` in ggml order).
     fn matmul(&self, w: &Self::Weight, x: &Self::Tensor, out: &mut Self::Tensor);
+    /// `matmul` of one input by several weights (q/k/v, gate/up), with the same results; a
+    /// backend may run them together (the CUDA one as one launch).
+    fn matmuls(&self, x: &Self::Tensor, jobs: &mut [(&Self::Weight, &mut Self::Tensor)]) {
+        for (w, out) in jobs.iter_mut() {
+            self.matmul(w, x, out);
+        }
+    }
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Weight);
     /// Rotate each head of `x` (heads of `head_dim` values) at the step's positions.
     fn rope(

@@ -46,8 +46,22 @@ pub fn forward<B: Backend>(
         b.rms_norm(&x, Some(&lw.attn_norm), d, eps, &mut h);
         dump(b, "attn_norm", il, &h);
 
+        // q, k and v of one input in one `matmuls` call (the CUDA backend fuses the launches).
         let mut q = b.alloc(n_tokens, l.q_dim());
-        b.matmul(&lw.wq, &h, &mut q);
+        let mut kv_proj = lw
+            .wk
+            .as_ref()
+            .map(|_| (b.alloc(n_tokens, l.kv_dim()), b.alloc(n_tokens, l.kv_dim())));
+        {
+            let mut jobs = vec![(&lw.wq, &mut q)];
+            if let (Some(wk), Some((k, v))) = (&lw.wk, kv_proj.as_mut()) {
+                jobs.push((wk, k));
+                if let Some(wv) = &lw.wv {
+                    jobs.push((wv, v));
+                }
+            }
+            b.matmuls(&h, &mut jobs);
+        }
         dump(b, "Qcur_mm", il, &q);
         if let Some(bq) = &lw.bq {
             b.add_bias(&mut q, bq);
@@ -58,16 +72,12 @@ pub fn forward<B: Backend>(
         }
         b.rope(&mut q, l.head_dim, &l.rope, w.rope_freqs.as_ref(), step);
 
-        if let Some(wk) = &lw.wk {
-            let mut k = b.alloc(n_tokens, l.kv_dim());
-            b.matmul(wk, &h, &mut k);
+        if let Some((mut k, mut v)) = kv_proj {
             if let Some(bk) = &lw.bk {
                 b.add_bias(&mut k, bk);
             }
-            let mut v = b.alloc(n_tokens, l.kv_dim());
-            match &lw.wv {
-                Some(wv) => b.matmul(wv, &h, &mut v),
-                None => b.copy(&k, &mut v), // k_eq_v: V is the raw K projection
+            if lw.wv.is_none() {
+                b.copy(&k, &mut v); // k_eq_v: V is the raw K projection
             }
             if let Some(bv) = &lw.bv {
                 b.add_bias(&mut v, bv);
@@ -119,8 +129,7 @@ pub fn forward<B: Backend>(
         dump(b, "ffn_norm", il, &h);
         let mut g = b.alloc(n_tokens, l.n_ff);
         let mut u = b.alloc(n_tokens, l.n_ff);
-        b.matmul(&lw.gate, &h, &mut g);
-        b.matmul(&lw.up, &h, &mut u);
+        b.matmuls(&h, &mut [(&lw.gate, &mut g), (&lw.up, &mut u)]);
         dump(b, "ffn_gate", il, &g);
         dump(b, "ffn_up", il, &u);
         b.gated_act(&mut g, &u, l.ffn);

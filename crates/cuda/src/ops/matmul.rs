@@ -1,9 +1,9 @@
-//! out = x · Wᵀ (kernels/quantize.cu + kernels/matvec.cu).
+//! out = x · Wᵀ (kernels/quantize.cu + kernels/mv.cu, kernels/matvec.cu).
 //!
 //! Quantized weights: the activations are quantized to the 8-bit format the CPU backend pairs
 //! with the weight type — A32 (the CPU's Q8_0/Q8_1 blocks) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, A256
 //! (its Q8_K) for the K-quants — so both backends form the same integer sums; then a dp4a matvec
-//! runs, one warp per weight row. The GPU keeps the blocks as arrays (codes, then scales, then
+//! runs. The GPU keeps the blocks as arrays (codes, then scales, then
 //! sums: `ActLayout`) so codes load 16 bytes at a time.
 //!
 //! Quantizing once per input, not once per matmul: the backend remembers the last quantized
@@ -13,11 +13,13 @@
 //! kernels/act.cu), in the format the last matmul used. Every launch that may write an input's
 //! memory forgets it.
 //!
-//! Kernels: Q4_K, Q6_K and Q8_0 (what Q4_K_M, Q6_K and Q8_0 models are made of) have 16-byte
-//! kernels, weight-stationary over up to 8 tokens (`mv_*`); Q6_K and Q8_0 rows, whose blocks are
-//! not 16-byte aligned, are repacked at upload (`repack_q6_k`, `repack_q8_0`). Every other type
-//! runs the generic kernel (`matvec_<type>`), as do all types with `KESTREL_CUDA_FAST_MATVEC=0`.
-//! Float weights (F32/F16/BF16) take the f32 activations directly.
+//! Kernels: Q4_K, Q6_K, Q8_0 and Q4_0 (what Q4_K_M, Q6_K, Q8_0 and Q4_0 models are made of) have
+//! 16-byte kernels (`mv_<type>_<NT>_<R>`, kernels/mv.cu): G threads per row chosen from the shape
+//! (`threads_per_row`), R rows per thread group sharing each token's activations, 1-16 tokens per
+//! pass; `matmuls` runs weights sharing an input as one launch. Q6_K, Q8_0 and Q4_0 rows, whose
+//! blocks are not 16-byte aligned, are repacked at upload (`repack_*`). Every other type runs the
+//! generic kernel (`matvec_<type>`, one warp per row), as do all types with
+//! `KESTREL_CUDA_FAST_MATVEC=0`. Float weights (F32/F16/BF16) take the f32 activations directly.
 
 use kestrel_gguf::GgmlType;
 
@@ -28,13 +30,15 @@ pub const Q8_1_BYTES: usize = 36;
 /// Bytes of one Q8_K block (f32 d, 256 int8, 16 int16 sums): the reference layout of A256.
 pub const Q8_K_BYTES: usize = 292;
 
-/// Rows per 128-thread matvec block (one warp per row).
+/// Rows per 128-thread block of the generic matvecs (one warp per row).
 const ROWS_PER_BLOCK: usize = 4;
+/// Threads per block of the 16-byte matvecs (kernels/mv.cu `MV_THREADS`).
+const MV_THREADS: usize = 128;
 
 /// The GPU's 8-bit activation formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActFmt {
-    /// Per 32 values: f16 d, f16 s (= d · Σq), 32 codes (the reference Q8_1).
+    /// Per 32 values: f16 d, f16 s (= d · Σq), 32 codes (the CPU's Q8_1; Q8_0 without s).
     A32,
     /// Per 256 values: f32 d, 256 codes, 16 int16 sums of 16 codes (the reference Q8_K).
     A256,
@@ -118,72 +122,139 @@ fn generic_kernel(ty: GgmlType) -> Option<&'static str> {
     })
 }
 
-/// The 16-byte kernel for a weight, by tokens per pass (NT = 1, 2, 4, 8) and units in flight
-/// per lane (U = 2, or 4 for the `x4` variants of NT 1-2).
-fn fast_kernel(b: &CudaBackend, w: &CudaWeight, n_tok: usize) -> Option<&'static str> {
+/// Overrides of the 16-byte matvecs' launch shape (tests and benchmarks; `None`: the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MvTune {
+    /// Threads per row (a power of two, 4..=128). Changes the summation order, so a token's
+    /// bits differ from those under another value (never varies within a model's run).
+    pub threads_per_row: Option<usize>,
+    /// Rows per thread group (1, 2, 4; 16 tokens: 1, 2). Changes no result bit.
+    pub rows: Option<usize>,
+}
+
+/// How a 16-byte matvec launches (kernels/mv.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MvShape {
+    pub name: &'static str,
+    /// Tokens per pass (NT).
+    pub nt: usize,
+    /// Threads per row (G).
+    pub threads: usize,
+    /// Rows per thread group (R).
+    pub rows: usize,
+}
+
+/// Units of a 16-byte kernel per row (kernels/mv.cu: 64 values of Q4_K / Q6_K, 32 of Q8_0 / Q4_0).
+fn units_per_row(ty: GgmlType, cols: usize) -> usize {
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q6_K => cols / 64,
+        _ => cols / 32,
+    }
+}
+
+/// Threads per row: a function of the matrix's shape only (it fixes each row's summation order,
+/// so it must not depend on the token count). Measured on the H200 (docs/benchmarks/
+/// cuda-decode.md): matrices of >= 4096 rows are fastest with 2-4 units per thread (the largest
+/// power of two <= half the units), shorter ones with one unit per thread, a row spread over up
+/// to 4 warps (split-K inside the block) so that k/v-sized matrices still have enough loads in
+/// flight.
+pub fn threads_per_row(ty: GgmlType, rows: usize, cols: usize) -> usize {
+    let nu = units_per_row(ty, cols).max(1);
+    let g = if rows >= 4096 {
+        1usize << (nu / 2).max(1).ilog2()
+    } else {
+        nu.next_power_of_two()
+    };
+    g.clamp(4, 128)
+}
+
+/// Rows per thread group by default (measured as above): 2 for 1-2 tokens (1 for Q8_0 rows
+/// spread over 4 warps, whose loads are already many and light), 4 for 4 tokens and for 8 on
+/// large matrices (each token's activations then serve 4 rows), else 2.
+pub fn default_rows(ty: GgmlType, rows: usize, g: usize, nt: usize) -> usize {
+    match nt {
+        1 | 2 if ty == GgmlType::Q8_0 && g == 128 => 1,
+        1 | 2 => 2,
+        4 => 4,
+        8 if rows >= 8192 => 4,
+        _ => 2,
+    }
+}
+
+/// The 16-byte kernel for a weight and token count: NT tokens per pass (1, 2, 4, 8, 16), R rows
+/// per thread group (any R gives the same bits; more rows reuse each token's activations).
+fn fast_kernel(b: &CudaBackend, w: &CudaWeight, n_tok: usize) -> Option<MvShape> {
     if !b.fast_matvec() {
         return None;
     }
-    let nt = match n_tok {
-        1 => 0,
-        2 => 1,
-        3 | 4 => 2,
-        _ => 3,
-    };
-    // Units per lane of one row (a warp per row): 16 bytes of Q4_K nibbles, 48 bytes of a Q6_K
-    // row, 16 Q8_0 codes.
-    let per_lane = match w.ty {
-        GgmlType::Q4_K => w.cols / 32 / 32,
-        GgmlType::Q6_K => w.cols / 64 / 32,
-        _ => w.cols / 16 / 32,
-    };
-    let x4 = nt < 2 && b.mv_unroll().map_or(x4_default(w.ty, per_lane), |u| u == 4);
-    let names: [&'static str; 6] = match (w.ty, w.repacked) {
-        (GgmlType::Q4_K, false) => [
-            "mv_q4_k_1",
-            "mv_q4_k_2",
-            "mv_q4_k_4",
-            "mv_q4_k_8",
-            "mv_q4_k_1x4",
-            "mv_q4_k_2x4",
-        ],
-        (GgmlType::Q6_K, true) => [
-            "mv_q6_kr_1",
-            "mv_q6_kr_2",
-            "mv_q6_kr_4",
-            "mv_q6_kr_8",
-            "mv_q6_kr_1x4",
-            "mv_q6_kr_2x4",
-        ],
-        (GgmlType::Q8_0, true) => [
-            "mv_q8_0r_1",
-            "mv_q8_0r_2",
-            "mv_q8_0r_4",
-            "mv_q8_0r_8",
-            "mv_q8_0r_1x4",
-            "mv_q8_0r_2x4",
-        ],
+    let ty = match (w.ty, w.repacked) {
+        (GgmlType::Q4_K, false) => "q4_k",
+        (GgmlType::Q6_K, true) => "q6_kr",
+        (GgmlType::Q8_0, true) => "q8_0r",
+        (GgmlType::Q4_0, true) => "q4_0r",
         _ => return None,
     };
-    Some(names[if x4 { nt + 4 } else { nt }])
+    let nt = match n_tok {
+        1 => 1,
+        2 => 2,
+        3 | 4 => 4,
+        5..=8 => 8,
+        _ => 16,
+    };
+    let tune = b.mv_tune();
+    let g = tune
+        .threads_per_row
+        .filter(|g| g.is_power_of_two() && (4..=128).contains(g))
+        .unwrap_or_else(|| threads_per_row(w.ty, w.rows, w.cols));
+    let max_r = if nt == 16 { 2 } else { 4 };
+    let r = tune
+        .rows
+        .filter(|r| matches!(r, 1 | 2 | 4) && *r <= max_r)
+        .unwrap_or_else(|| default_rows(w.ty, w.rows, g, nt));
+    Some(MvShape {
+        name: mv_name(ty, nt, r),
+        nt,
+        threads: g,
+        rows: r,
+    })
 }
 
-/// Whether 1-2 token matvecs of a weight with `per_lane` units per lane keep 4 units in flight
-/// (measured on the H200, docs/benchmarks/cuda-decode.md: the Q4_K kernel loses more to its
-/// lower occupancy than it gains; Q6_K and Q8_0 rows of at least 4 units per lane gain).
-fn x4_default(ty: GgmlType, per_lane: usize) -> bool {
-    ty != GgmlType::Q4_K && per_lane >= 4
+/// `mv_<type>_<NT>_<R>` as a static name (the kernel table's keys).
+fn mv_name(ty: &str, nt: usize, r: usize) -> &'static str {
+    const TYPES: [&str; 4] = ["q4_k", "q6_kr", "q8_0r", "q4_0r"];
+    const SHAPES: [(usize, usize); 14] = [
+        (1, 1),
+        (1, 2),
+        (1, 4),
+        (2, 1),
+        (2, 2),
+        (2, 4),
+        (4, 1),
+        (4, 2),
+        (4, 4),
+        (8, 1),
+        (8, 2),
+        (8, 4),
+        (16, 1),
+        (16, 2),
+    ];
+    let t = TYPES.iter().position(|&x| x == ty).expect("mv type");
+    let s = SHAPES.iter().position(|&x| x == (nt, r)).expect("mv shape");
+    crate::kernels::MV_FUNCTIONS[t * SHAPES.len() + s]
 }
 
 /// Types whose rows are repacked at upload (when the 16-byte kernels are on).
 pub fn repacks(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q6_K | GgmlType::Q8_0)
+    matches!(ty, GgmlType::Q6_K | GgmlType::Q8_0 | GgmlType::Q4_0)
 }
 
 /// Whether a weight of this type gets a 16-byte kernel (the Q4_K kernel needs none of the
 /// repacking, only the 144-byte blocks, which are 16-byte aligned).
 pub fn has_fast_kernel(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q8_0 | GgmlType::Q4_0
+    )
 }
 
 /// Bytes of a repacked row of `cols` values (padded to 16).
@@ -236,11 +307,29 @@ pub fn repack_q8_0(src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
+/// Q4_0 rows → the layout of `mv_q4_0r`: per row every block's 16 nibble bytes, then every
+/// block's f16 d, padded to 16 bytes.
+pub fn repack_q4_0(src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let nb = cols / 32;
+    let (rb, stride) = (nb * 18, repacked_row_bytes(GgmlType::Q4_0, cols));
+    let mut out = vec![0u8; rows * stride];
+    for (r, dst) in out.chunks_exact_mut(stride).enumerate() {
+        let row = &src[r * rb..(r + 1) * rb];
+        for b in 0..nb {
+            let blk = &row[b * 18..(b + 1) * 18];
+            dst[16 * b..][..16].copy_from_slice(&blk[2..]);
+            dst[nb * 16 + 2 * b..][..2].copy_from_slice(&blk[..2]);
+        }
+    }
+    out
+}
+
 /// Repack a whole weight, rows split over the host's threads.
 pub fn repack(ty: GgmlType, src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     let f: fn(&[u8], usize, usize) -> Vec<u8> = match ty {
         GgmlType::Q6_K => repack_q6_k,
         GgmlType::Q8_0 => repack_q8_0,
+        GgmlType::Q4_0 => repack_q4_0,
         other => panic!("repack: {other} is not repacked"),
     };
     let rb = ty.row_bytes(cols as u64).expect("whole blocks") as usize;
@@ -347,32 +436,145 @@ pub fn matmul(b: &CudaBackend, w: &CudaWeight, x: &CudaTensor, out: &mut CudaTen
         return;
     };
     let q = b.quantized(x, fmt);
-    let (name, nb) = match fast_kernel(b, w, n_tok) {
-        Some(name) => (name, w.cols / if fmt == ActFmt::A256 { 256 } else { 32 }),
-        None => (
-            generic_kernel(w.ty)
-                .unwrap_or_else(|| panic!("matmul: weight type {} is not supported", w.ty)),
-            w.cols / 32,
-        ),
-    };
-    b.launch_w(
-        name,
-        grid,
-        block,
-        0,
-        &[
+    let nb = w.cols / fmt.block();
+    let act_args = [
+        Arg::Ptr(q.base),
+        Arg::Ptr(q.base + q.lay.d as u64),
+        Arg::Ptr(q.base + q.lay.s as u64),
+        Arg::Ptr(out.ptr),
+        Arg::I32(n_tok as i32),
+    ];
+    let head = [
+        Arg::Ptr(w.ptr),
+        Arg::U64(w.row_bytes as u64),
+        Arg::I32(w.rows as i32),
+    ];
+    if let Some(mv) = fast_kernel(b, w, n_tok) {
+        launch_mv(b, &q, nb, n_tok, &[(w, out.ptr, mv)], writes);
+        return;
+    }
+    let name = generic_kernel(w.ty)
+        .unwrap_or_else(|| panic!("matmul: weight type {} is not supported", w.ty));
+    let mut args = head.to_vec();
+    args.push(Arg::I32((w.cols / 32) as i32));
+    args.extend_from_slice(&act_args);
+    b.launch_w(name, grid, block, 0, &args, writes);
+}
+
+/// Launch a 16-byte matvec over 1-3 weights that share the quantized input `q` (one grid,
+/// consecutive block ranges; kernels/mv.cu `mv_segs`). All segments use the first one's kernel
+/// (type, NT, R); each keeps its own threads per row.
+fn launch_mv(
+    b: &CudaBackend,
+    q: &crate::backend::QInput,
+    nb: usize,
+    n_tok: usize,
+    segs: &[(&CudaWeight, u64, MvShape)],
+    writes: (u64, usize),
+) {
+    assert!((1..=3).contains(&segs.len()));
+    let r = segs[0].2.rows;
+    let mut args = vec![
+        Arg::Ptr(q.base),
+        Arg::Ptr(q.base + q.lay.d as u64),
+        Arg::Ptr(q.base + q.lay.s as u64),
+        Arg::I32(nb as i32),
+        Arg::I32(n_tok as i32),
+    ];
+    let mut end = 0usize;
+    for i in 0..3 {
+        // Unused segments repeat the last one with an empty block range (never reached).
+        let (w, out, mv) = segs[i.min(segs.len() - 1)];
+        if i < segs.len() {
+            end += w.rows.div_ceil(MV_THREADS / mv.threads * r);
+        }
+        args.extend_from_slice(&[
             Arg::Ptr(w.ptr),
             Arg::U64(w.row_bytes as u64),
             Arg::I32(w.rows as i32),
-            Arg::I32(nb as i32),
-            Arg::Ptr(q.base),
-            Arg::Ptr(q.base + q.lay.d as u64),
-            Arg::Ptr(q.base + q.lay.s as u64),
-            Arg::Ptr(out.ptr),
-            Arg::I32(n_tok as i32),
-        ],
+            Arg::Ptr(out),
+            Arg::I32(mv.threads as i32),
+            Arg::I32(end as i32),
+        ]);
+    }
+    b.launch_w(
+        segs[0].2.name,
+        (end as u32, 1, 1),
+        (MV_THREADS as u32, 1, 1),
+        0,
+        &args,
         writes,
     );
+}
+
+/// out_i = x · W_iᵀ for weights sharing the input x (q/k/v, gate/up): consecutive weights with
+/// the same 16-byte kernel (type and tokens per pass) run as one launch of up to 3 segments,
+/// each row with the bits of its own `matmul` (`KESTREL_CUDA_FUSE=0`: one launch each). Weights
+/// the GEMM path takes at this token count run through `matmul`, as they would alone.
+pub fn matmuls(b: &CudaBackend, x: &CudaTensor, jobs: &mut [(&CudaWeight, &mut CudaTensor)]) {
+    let n_tok = x.rows;
+    let mut i = 0;
+    while i < jobs.len() {
+        // Weights the many-rows GEMM path takes (ops/gemm.rs) go through `matmul`.
+        let mv_takes = |w: &CudaWeight| {
+            if crate::ops::gemm::takes(b, w, n_tok) {
+                None
+            } else {
+                fast_kernel(b, w, n_tok)
+            }
+        };
+        let first = if b.fuse_matmuls() && n_tok > 0 {
+            mv_takes(jobs[i].0)
+        } else {
+            None
+        };
+        let Some(mv0) = first else {
+            let (w, out) = &mut jobs[i];
+            matmul(b, w, x, out);
+            i += 1;
+            continue;
+        };
+        let mut segs = vec![(jobs[i].0, jobs[i].1.ptr, mv0)];
+        let mut j = i + 1;
+        while j < jobs.len() && segs.len() < 3 {
+            let w = jobs[j].0;
+            match mv_takes(w) {
+                Some(mv) if w.ty == jobs[i].0.ty && mv.nt == mv0.nt && w.cols == jobs[i].0.cols => {
+                    segs.push((w, jobs[j].1.ptr, mv));
+                    j += 1;
+                }
+                _ => break,
+            }
+        }
+        if segs.len() == 1 {
+            let (w, out) = &mut jobs[i];
+            matmul(b, w, x, out);
+            i += 1;
+            continue;
+        }
+        for (w, out) in jobs[i..j].iter() {
+            assert_eq!(
+                (x.cols, out.cols, out.rows),
+                (w.cols, w.rows, x.rows),
+                "matmuls: shapes"
+            );
+        }
+        let fmt = act_fmt(jobs[i].0.ty).expect("quantized");
+        let q = b.quantized(x, fmt);
+        for (_, out) in jobs[i + 1..j].iter() {
+            b.wrote(out.ptr, out.len() * 4);
+        }
+        let out0 = &jobs[i].1;
+        launch_mv(
+            b,
+            &q,
+            x.cols / fmt.block(),
+            n_tok,
+            &segs,
+            (out0.ptr, out0.len() * 4),
+        );
+        i = j;
+    }
 }
 
 /// Quantize host values with the GPU kernel (Q8_1 rule if `k` is false, else Q8_K) and return
@@ -451,7 +653,9 @@ mod tests {
         let mut w = r.bytes(rows * cols / bs * ts);
         for blk in w.chunks_exact_mut(ts) {
             match ty {
-                GgmlType::Q8_0 => blk[..2].copy_from_slice(&f16_bytes(0.01 * (1.0 + r.f()))),
+                GgmlType::Q8_0 | GgmlType::Q4_0 => {
+                    blk[..2].copy_from_slice(&f16_bytes(0.01 * (1.0 + r.f())))
+                }
                 GgmlType::Q6_K => blk[208..].copy_from_slice(&f16_bytes(0.001 * (1.0 + r.f()))),
                 GgmlType::Q4_K => {
                     blk[..2].copy_from_slice(&f16_bytes(0.001 * (1.0 + r.f())));
@@ -571,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn q4_k_segment_math_matches_the_reference() {
+    fn q4_k_unit_math_matches_the_reference() {
         let mut r = Rng(0x9abc_def1);
         let (rows, cols) = (3, 768);
         let w = weights(GgmlType::Q4_K, rows, cols, &mut r);
@@ -583,12 +787,12 @@ mod tests {
         for row in 0..rows {
             let wr = &w[row * nb * 144..];
             let mut acc = 0f64;
-            for sg in 0..nb * 8 {
-                let (b, j) = (sg >> 3, sg & 7);
-                let (p, hh) = (j >> 1, j & 1);
+            for u in 0..nb * 4 {
+                let (b, p) = (u >> 2, u & 3);
                 let blk = &wr[b * 144..];
                 let hd = i8x16(&blk[..16]).map(|v| v as u32);
-                let q = i8x16(&blk[16 + 16 * j..]).map(|v| v as u32);
+                let q0 = i8x16(&blk[16 + 32 * p..]).map(|v| v as u32);
+                let q1 = i8x16(&blk[32 + 32 * p..]).map(|v| v as u32);
                 let sm = |j: usize| {
                     let k = j & 3;
                     if j < 4 {
@@ -603,17 +807,18 @@ mod tests {
                 let ((s0, m0), (s1, m1)) = (sm(2 * p), sm(2 * p + 1));
                 let d = half::f16::from_bits(hd[0] as u16).to_f32();
                 let dmin = half::f16::from_bits((hd[0] >> 16) as u16).to_f32();
-                let wl = q.map(|v| (v & 0x0F0F0F0F) as i32);
-                let wh = q.map(|v| ((v >> 4) & 0x0F0F0F0F) as i32);
-                let e0 = b * 256 + 64 * p + 16 * hh;
+                let lo = |q: [u32; 4]| q.map(|v| (v & 0x0F0F0F0F) as i32);
+                let hi = |q: [u32; 4]| q.map(|v| ((v >> 4) & 0x0F0F0F0F) as i32);
                 let xb = &xq[b * Q8_K_BYTES..];
-                let off = e0 - b * 256;
-                let d0 = dot16(&wl, &i8x16(&xb[4 + off..]));
-                let d1 = dot16(&wh, &i8x16(&xb[4 + off + 32..]));
+                let off = 64 * p;
+                let x = |o: usize| i8x16(&xb[4 + off + o..]);
+                let dl = dot16(&lo(q0), &x(0)) + dot16(&lo(q1), &x(16));
+                let dh = dot16(&hi(q0), &x(32)) + dot16(&hi(q1), &x(48));
                 let bs = |g: usize| i16::from_le_bytes([xb[260 + 2 * g], xb[261 + 2 * g]]) as i32;
-                let (b0, b1) = (bs(off >> 4), bs((off >> 4) + 2));
+                let g0 = off >> 4;
+                let (b0, b1) = (bs(g0) + bs(g0 + 1), bs(g0 + 2) + bs(g0 + 3));
                 let da = f32::from_le_bytes(xb[..4].try_into().unwrap());
-                let f = d * (s0 * d0 + s1 * d1) as f32 - dmin * (m0 * b0 + m1 * b1) as f32;
+                let f = d * (s0 * dl + s1 * dh) as f32 - dmin * (m0 * b0 + m1 * b1) as f32;
                 acc += (da * f) as f64;
             }
             let want = reference(
@@ -642,12 +847,12 @@ mod tests {
         for row in 0..rows {
             let wr = &rp[row * stride..];
             let mut acc = 0f64;
-            for u in 0..2 * nb {
-                let qv = i8x16(&wr[16 * u..]);
-                let dw = h(&wr[nb * 32 + 2 * (u >> 1)..]);
-                let blk = &xq[(u >> 1) * Q8_1_BYTES..];
-                let a = i8x16(&blk[4 + 16 * (u & 1)..]);
-                acc += (dw * h(blk)) as f64 * dot16(&qv, &a) as f64;
+            for u in 0..nb {
+                let (q0, q1) = (i8x16(&wr[32 * u..]), i8x16(&wr[32 * u + 16..]));
+                let dw = h(&wr[nb * 32 + 2 * u..]);
+                let blk = &xq[u * Q8_1_BYTES..];
+                let i = dot16(&q0, &i8x16(&blk[4..])) + dot16(&q1, &i8x16(&blk[20..]));
+                acc += (dw * h(blk)) as f64 * i as f64;
             }
             let want = reference(
                 GgmlType::Q8_0,
@@ -663,9 +868,48 @@ mod tests {
     }
 
     #[test]
+    fn q4_0_repacked_kernel_math_matches_the_reference() {
+        let mut r = Rng(0x7777_1111);
+        let (rows, cols) = (5, 96);
+        let w = weights(GgmlType::Q4_0, rows, cols, &mut r);
+        let x: Vec<f32> = (0..cols).map(|_| r.f()).collect();
+        let mut xq = vec![0u8; cols / 32 * Q8_1_BYTES];
+        quant::quantize_q8_1(&x, &mut xq);
+        let rp = repack(GgmlType::Q4_0, &w, rows, cols);
+        let (nb, stride) = (cols / 32, repacked_row_bytes(GgmlType::Q4_0, cols));
+        for row in 0..rows {
+            let wr = &rp[row * stride..];
+            let mut acc = 0f64;
+            for u in 0..nb {
+                let q = i8x16(&wr[16 * u..]).map(|v| v as u32);
+                let lo = q.map(|v| sub_bytes(v & 0x0F0F0F0F, 8));
+                let hi = q.map(|v| sub_bytes((v >> 4) & 0x0F0F0F0F, 8));
+                let dw = h(&wr[nb * 16 + 2 * u..]);
+                let blk = &xq[u * Q8_1_BYTES..];
+                let i = dot16(&lo, &i8x16(&blk[4..])) + dot16(&hi, &i8x16(&blk[20..]));
+                acc += (dw * h(blk)) as f64 * i as f64;
+            }
+            let want = reference(
+                GgmlType::Q4_0,
+                &w[row * nb * 18..(row + 1) * nb * 18],
+                &xq,
+                cols,
+            );
+            assert!(
+                (acc - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "row {row}: {acc} vs {want}"
+            );
+        }
+    }
+
+    #[test]
     fn repack_is_a_permutation_of_each_row() {
         let mut r = Rng(7);
-        for (ty, cols) in [(GgmlType::Q6_K, 512), (GgmlType::Q8_0, 160)] {
+        for (ty, cols) in [
+            (GgmlType::Q6_K, 512),
+            (GgmlType::Q8_0, 160),
+            (GgmlType::Q4_0, 160),
+        ] {
             let rows = 2100; // more than one thread's share
             let w = weights(ty, rows, cols, &mut r);
             let rp = repack(ty, &w, rows, cols);
