@@ -10,10 +10,16 @@
 //! those references came from a CPU whose kernels round differently (llama.cpp repacks Q4_K
 //! differently per instruction set). So:
 //! - against `shared/testdata`: 0.5b under the bounds, the other two under bounds just above
-//!   llama.cpp's own deviation;
+//!   llama.cpp's own deviation (we measure 0.053 on gemma3-270m, a token change at a 0.016 tie);
 //! - against `tests/fixtures/llamacpp-local/` (the same prompts through that llama.cpp build on this
-//!   machine, recorded by the lead): both Qwen models under the bounds; gemma3-270m, whose
-//!   tiny width amplifies last-bit differences, just above what we measure.
+//!   machine, recorded by the lead): both Qwen models under the bounds. Our arithmetic equals
+//!   llama.cpp's on every intermediate of gemma3-270m too, but llama-server evaluates a
+//!   sliding-window model's prompt in two batches (the last 4 tokens apart, so it can checkpoint the
+//!   SWA cache; `--swa-full` turns that off) where `kestrel run` evaluates one, and llama.cpp's
+//!   kernels round by batch size: we measure 0.0434 there (a token change at a 0.0032 tie);
+//! - against `tests/fixtures/llamacpp-local/swa-full/` (gemma3-270m through the same server with
+//!   `--swa-full`, one batch as here): every token equal, top-5 probabilities within 0.00026 — the
+//!   rest is llama-server's softmax, which sums 262144 `expf` terms in f32.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -205,14 +211,30 @@ fn qwen_models_match_llama_cpp_run_here() {
     }
 }
 
+/// Measured 0.0434 (a token change at a 0.0032 tie): the prompt-split difference of the module
+/// docs. Bound 0.05, 15% over.
 #[test]
 fn gemma3_270m_matches_llama_cpp_run_here() {
     check_model_against(
         "gemma3-270m",
         &local_fixtures_dir(),
         Bounds {
-            tie: 0.02,
-            prob_tol: 0.08,
+            tie: 0.005,
+            prob_tol: 0.05,
+        },
+    );
+}
+
+/// The prompt as one batch on both sides: measured 0.00026 (llama-server's f32 softmax sum),
+/// bound 0.001.
+#[test]
+fn gemma3_270m_matches_llama_cpp_run_here_one_batch() {
+    check_model_against(
+        "gemma3-270m",
+        &local_fixtures_dir().join("swa-full"),
+        Bounds {
+            tie: 0.005,
+            prob_tol: 0.001,
         },
     );
 }

@@ -1,5 +1,6 @@
 //! Gated FFN activations, as llama.cpp's CPU backend computes them. GELU rounds the input to f16
-//! and looks the result up in a 64K-entry f16 table (outside ±10 it is 0 or x). SiLU is
+//! and looks the result up in a 64K-entry f16 table (outside ±10 it is 0 or x), the table built
+//! from `ggml_gelu_f32` as llama.cpp's build compiles it (one FMA). SiLU is
 //! `x / (1 + e)` with `e` from `ggml_v_expf`, the AVX-512 exp approximation llama.cpp's
 //! `ggml_vec_swiglu_f32` uses for whole 16-lane vectors (within 2 ulp of `exp`; llama.cpp's
 //! scalar tail of a row that is not a multiple of 16 uses libm's `expf` instead).
@@ -8,16 +9,27 @@ use std::sync::OnceLock;
 
 use half::f16;
 
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_COEF_A: f32 = 0.044715;
+
+/// The GELU tanh formula in f32 (`Precision::Exact`).
 pub fn gelu_tanh_exact(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// `ggml_gelu_f32` (ggml-cpu/vec.h) as llama.cpp's build compiles it: GCC contracts
+/// `1.0f + GELU_COEF_A*x*x` to `fma(GELU_COEF_A*x, x, 1)`. With the two operations instead,
+/// one table entry differs (`x = -1.999`, f16 0xbfff); with the FMA all 65536 entries equal
+/// the table in libggml-cpu (`tanhf` is the same glibc function on both sides).
+fn ggml_gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
 fn gelu_table() -> &'static [u16] {
     static T: OnceLock<Vec<u16>> = OnceLock::new();
     T.get_or_init(|| {
         (0..=u16::MAX)
-            .map(|h| f16::from_f32(gelu_tanh_exact(f16::from_bits(h).to_f32())).to_bits())
+            .map(|h| f16::from_f32(ggml_gelu_f32(f16::from_bits(h).to_f32())).to_bits())
             .collect()
     })
 }
@@ -99,6 +111,8 @@ mod tests {
             let d = (gelu(x) - gelu_tanh_exact(x)).abs();
             assert!(d <= 2e-3 * (1.0 + x.abs()), "x={x}: {d}");
         }
+        // The entry where the FMA matters: llama.cpp's table holds 0xa9d3 there.
+        assert_eq!(gelu(-1.999), f16::from_bits(0xa9d3).to_f32());
         assert_eq!(gelu(-11.0), 0.0);
         assert_eq!(gelu(12.5), 12.5);
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
