@@ -92,7 +92,9 @@ pub struct Loaded<B: Backend> {
     pub file: Arc<GgufFile>,
 }
 
-/// `load` on the GPU, then the bf16 weight cache (`--weight-cache`), reported in one line.
+/// `load` on the GPU, then the bf16 weight cache (`--weight-cache`): the layer matrices, then,
+/// if memory remains, the output head (the GEMM path computes batched decode's logits), each
+/// reported in one line.
 pub fn load_gpu(
     gpu: CudaBackend,
     args: &ContextArgs,
@@ -101,11 +103,18 @@ pub fn load_gpu(
     let m = load(gpu, args, n_seqs)?;
     if args.weight_cache == WeightCache::Auto {
         let b = &m.engine.backend;
-        let rep = b.cache_weights(
-            &m.engine.weights().layer_matrices(),
-            b.default_cache_reserve(),
-        );
+        let w = m.engine.weights();
+        let rep = b.cache_weights(&w.layer_matrices(), b.default_cache_reserve());
         eprintln!("kestrel: {rep}");
+        if rep.skipped.is_none() {
+            let head = b.cache_weights(&[w.output()], b.default_cache_reserve());
+            if head.cached > 0 {
+                eprintln!(
+                    "kestrel: bf16 output head cached too ({:.2} GiB)",
+                    head.cached_bytes as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
     }
     Ok(m)
 }

@@ -44,8 +44,11 @@ pub struct GemmRows {
 }
 
 impl GemmRows {
+    // With a resident copy: from 5 rows. The matvecs gave 4 sequences of qwen3-8b 710 t/s
+    // against the GEMM path's 609 once their weight-stationary kernels improved (mv merge,
+    // docs/benchmarks/cuda-matvec.md), while at 16 rows the GEMM path is 2x faster.
     pub const DEFAULT: GemmRows = GemmRows {
-        cached: Some(4),
+        cached: Some(5),
         scratch: Some(12),
     };
 
