@@ -11,8 +11,15 @@ use kestrel_engine::{Backend, BatchEntry, Engine, EngineConfig};
 use kestrel_gguf::GgufFile;
 use serde_json::Value;
 
+/// The model crate's fixtures: beside this crate where it was built, else (a test binary
+/// carried to the GPU machine and run from a copy of the repository) from the working directory.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures")
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("crates/model/tests/fixtures")
+    }
 }
 
 /// One GGUF file of a model and what the oracle computed on exactly its weights.
