@@ -8,7 +8,7 @@ use kestrel_gguf::{GgmlType, GgufFile};
 use kestrel_model::{FfnKind, RopeSpec};
 use rayon::prelude::*;
 
-use crate::ops::act::{gated, gelu, gelu_tanh_exact, silu};
+use crate::ops::act::{gated, gated_with, geglu, gelu_tanh_exact, silu};
 use crate::ops::attention::{attention, attention_exact, AttnRows, Geometry, KvPool};
 use crate::ops::elementwise;
 use crate::ops::matmul::{dequantize_rows, matmul_chunked, WeightMatrix};
@@ -229,8 +229,19 @@ impl Backend for CpuBackend {
         step: &CpuStep,
         out: &mut CpuTensor,
     ) {
+        // llama.cpp's tiled flash attention for tokens of 64+-token chunks (f16 path otherwise).
+        let tiled: Vec<bool> = if step.info.chunks.len() == step.info.positions.len() {
+            step.info
+                .chunks
+                .iter()
+                .map(|c| c.len as usize >= crate::ops::attention::TILE)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let rows = AttnRows {
             positions: &step.info.positions,
+            tiled: &tiled,
             seq_index: &step.info.seq_index,
             block_tables: &step.info.block_tables,
             block_size: KV_BLOCK,
@@ -256,7 +267,7 @@ impl Backend for CpuBackend {
             .for_each(|(g, u)| match kind {
                 FfnKind::SiluGated => gated(g, u, silu),
                 FfnKind::GeluTanhGated if exact => gated(g, u, gelu_tanh_exact),
-                FfnKind::GeluTanhGated => gated(g, u, gelu),
+                FfnKind::GeluTanhGated => gated_with(g, u, geglu),
             });
     }
 
@@ -297,6 +308,9 @@ impl Backend for CpuBackend {
     }
 
     fn chunk_invariant(&self, c: Chunk) -> bool {
+        // The matmul route of the chunk's bulk, and the tiled attention (64+-token chunks; a
+        // shorter chunk takes the f16 path, whose bits differ).
         crate::quant_dot::bulk_of_chunk(c.len as usize, c.index as usize)
+            && c.len as usize >= crate::ops::attention::TILE
     }
 }

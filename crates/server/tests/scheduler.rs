@@ -264,7 +264,8 @@ fn prefix_reuse_keeps_answers_and_frees_blocks() {
     let system = "You are a careful assistant who answers programming questions with short, \
                   correct code and one sentence of explanation. Never add anything else: no \
                   greetings, no apologies, no alternatives, no warnings, and no questions back \
-                  to the user. Use the language the question names.\n";
+                  to the user. Use the language the question names, and keep every line \
+                  of code under eighty characters.\n";
     let questions = [
         "Reverse a list in Python.",
         "Sum an array in C.",
@@ -303,7 +304,7 @@ fn prefix_reuse_keeps_answers_and_frees_blocks() {
         assert_eq!(&outs[&(i as u64)], w, "prompt {i}");
     }
     // The shared system text is several full blocks; the CPU shares the blocks whose tokens
-    // take the chunk-independent kernel route.
+    // take the chunk-independent kernel route and attention (chunks of 64+ tokens).
     assert!(hits >= 2 * 32, "prefix tokens reused: {hits}");
     assert_eq!(s.engine().free_blocks(), s.engine().total_blocks());
 }

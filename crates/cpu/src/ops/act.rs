@@ -45,6 +45,17 @@ pub fn gelu(x: f32) -> f32 {
     }
 }
 
+/// GEGLU as llama.cpp's `ggml_vec_geglu_f32` computes `gelu(x) · u`: +0 for `x <= -10`
+/// whatever the sign of `u` (not `0 · u`), `x · u` for `x >= 10`, else the table value times `u`.
+#[inline(always)]
+pub fn geglu(x: f32, u: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else {
+        gelu(x) * u
+    }
+}
+
 /// `ggml_v_expf` of ggml-cpu/vec.h (AVX-512 F + DQ build), one lane: `2^n · p(b)` with
 /// `n = round(x·log2 e)`, `b = x − n·ln 2` in two FMA steps and a degree-5 polynomial;
 /// `|n| > 192` gives `+inf` or 0.
@@ -77,26 +88,31 @@ pub fn silu(x: f32) -> f32 {
 
 /// gate = act(gate) * up
 pub fn gated<F: Fn(f32) -> f32>(gate: &mut [f32], up: &[f32], act: F) {
+    gated_with(gate, up, |g, u| act(g) * u)
+}
+
+/// gate = f(gate, up)
+pub fn gated_with<F: Fn(f32, f32) -> f32>(gate: &mut [f32], up: &[f32], f: F) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("fma") {
         // SAFETY: FMA was detected at run time.
-        return unsafe { gated_fma(gate, up, act) };
+        return unsafe { gated_fma(gate, up, f) };
     }
-    gated_body(gate, up, act)
+    gated_body(gate, up, f)
 }
 
 /// With FMA enabled the activations' `mul_add`s become instructions instead of `fmaf` calls
 /// (the same correctly rounded results).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn gated_fma<F: Fn(f32) -> f32>(gate: &mut [f32], up: &[f32], act: F) {
-    gated_body(gate, up, act)
+unsafe fn gated_fma<F: Fn(f32, f32) -> f32>(gate: &mut [f32], up: &[f32], f: F) {
+    gated_body(gate, up, f)
 }
 
 #[inline(always)]
-fn gated_body<F: Fn(f32) -> f32>(gate: &mut [f32], up: &[f32], act: F) {
+fn gated_body<F: Fn(f32, f32) -> f32>(gate: &mut [f32], up: &[f32], f: F) {
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = act(*g) * u;
+        *g = f(*g, u);
     }
 }
 
@@ -115,6 +131,8 @@ mod tests {
         assert_eq!(gelu(-1.999), f16::from_bits(0xa9d3).to_f32());
         assert_eq!(gelu(-11.0), 0.0);
         assert_eq!(gelu(12.5), 12.5);
+        assert_eq!(geglu(-11.0, -2.0).to_bits(), 0); // +0, as llama.cpp stores it
+        assert_eq!(geglu(12.5, 2.0), 25.0);
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
     }
 
