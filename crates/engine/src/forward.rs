@@ -1,7 +1,7 @@
 //! The one generic decoder. Every architecture, prompt prefill, single-token decode and
 //! multi-sequence steps all run through `forward`: a walk over the layers driven by `LayerSpec`.
 
-use kestrel_model::{Arch, ModelSpec};
+use kestrel_model::ModelSpec;
 
 use crate::backend::{AttnGeom, Backend};
 use crate::weights::{PleWeights, Weights};
@@ -99,10 +99,7 @@ pub fn forward<B: Backend>(
             b.kv_write(&k, &v, cache, step);
         }
 
-        // llama.cpp's Gemma 3 graph multiplies Q by the scale before attention (kq_scale 1), so
-        // the f16 rounding of Q in its CPU flash attention sees the scaled values (they differ
-        // where a scaled value is an f16 subnormal); the others scale the scores.
-        let q_first = spec.arch == Arch::Gemma3 && l.attn_scale != 1.0;
+        let q_first = l.scale_q_first && l.attn_scale != 1.0;
         let geom = AttnGeom {
             n_head: l.n_head,
             n_kv_head: l.n_kv_head,

@@ -39,6 +39,10 @@ pub struct LayerSpec {
     /// No `attn_v`: V is the raw K projection (Gemma 4 global layers).
     pub k_eq_v: bool,
     pub attn_scale: f32,
+    /// Multiply Q by `attn_scale` before attention (which then scales scores by 1) rather than
+    /// scaling the scores: llama.cpp's Gemma 3 graph does, and the f16 rounding of Q in its CPU
+    /// attention sees the scaled values (they differ where one is an f16 subnormal).
+    pub scale_q_first: bool,
     /// Post-attention and post-FFN norms (Gemma).
     pub sandwich_norms: bool,
     pub ffn: FfnKind,

@@ -48,6 +48,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
             l.sandwich_norms = true;
             l.ffn = FfnKind::GeluTanhGated;
             l.attn_scale = attn_scale;
+            l.scale_q_first = true;
             l
         })
         .collect();

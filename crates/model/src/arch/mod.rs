@@ -89,6 +89,7 @@ impl Common {
             kv_source: None,
             k_eq_v: false,
             attn_scale: 1.0 / (self.head_dim as f32).sqrt(),
+            scale_q_first: false,
             sandwich_norms: false,
             ffn: FfnKind::SiluGated,
             n_ff: self.n_ff[i],
