@@ -31,6 +31,11 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 template <int DPT>
 __device__ __forceinline__ void attention_t(const float* q, const u16* kc, const u16* vc, float* out,
@@ -189,12 +194,16 @@ ATTENTION(attention_d4, 4)
 // split z takes the z-th of equal runs of them, so a token's bits do not depend on the step; grid.z
 // is sized for the step's longest context and blocks beyond a token's splits return at once (one
 // captured graph serves every context up to that). Per tile of keys: K and V rows staged with
-// 16-byte asynchronous copies; scores for all (key, head) pairs at once (hd/8 lanes per key, the K
-// chunk held in registers across the heads); an f32 online softmax per head (one warp per head,
+// 16-byte asynchronous copies; scores for all (key, head) pairs at once (a thread per key and a
+// few heads, Q in f32 in shared memory, read by all lanes at once); an f32 online softmax per head (one warp per head,
 // the tile's maximum and sum by fixed shuffle trees); the f32 accumulator of gb × hd outputs,
 // pairs of dims per thread (NP pairs), rescaled once per tile. Each split writes its unnormalized
 // accumulator, maximum and sum to `part`; attention_combine merges them in split order.
 #define FD_MAXG 8
+// f32 Q of the block's heads (ops/attention.rs fd_heads keeps gb × hd within it).
+#define FD_QS 2048
+// Heads a thread scores per key: gb / (ATT_THREADS / kt) at most (kt = 64 keys: 8 / 2).
+#define FD_HPT 4
 
 __device__ __forceinline__ int fd_splits(int n_keys, int min_chunk, int max_splits) {
     return min(max_splits, (n_keys + min_chunk - 1) / min_chunk);
@@ -208,10 +217,9 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
                                           int zmax, const u32* rows) {
     __shared__ __align__(16) u16 ks[ATT_STAGE];
     __shared__ __align__(16) u16 vsh[ATT_STAGE];
-    __shared__ __align__(16) u16 qs[FD_MAXG * ATT_MAXD];
+    __shared__ __align__(16) float qs[FD_QS];
     __shared__ float ps[FD_MAXG][ATT_TILE];  // scores, then weights
     __shared__ float m_sh[FD_MAXG], l_sh[FD_MAXG], al_sh[FD_MAXG];
-    __shared__ u32 slot_sh[ATT_TILE];
     PDL_START();
     const int split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
@@ -227,8 +235,8 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
     const int k0 = lo + split * chunk;
     const int k1 = min(pos + 1, k0 + chunk);  // k0 >= k1: an empty split (m = -inf, sum 0)
     const u32* table = bt_flat + bt_off[seq_index[t]];
-    // Q rounded to f16, as the exact kernel and the CPU do.
-    for (int e = tid; e < gb * hd; e += ATT_THREADS) qs[e] = f2h(q[((u64)t * n_head + h0) * hd + e]);
+    // Q rounded to f16, as the exact kernel and the CPU do, kept in f32.
+    for (int e = tid; e < gb * hd; e += ATT_THREADS) qs[e] = round_f16(q[((u64)t * n_head + h0) * hd + e]);
     if (tid < FD_MAXG) {
         m_sh[tid] = -KS_INF;
         l_sh[tid] = 0.0f;
@@ -237,62 +245,79 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
 #pragma unroll
     for (int j = 0; j < NP; ++j) acc[j][0] = acc[j][1] = 0.0f;
     const int nch = hd >> 3;
-    int L = 1;
-    while (L < nch && L < 32) L <<= 1;
-    const int kpw = 32 / L, sub = lane / L, cl = lane % L;
     const int kt = min(ATT_TILE, ATT_STAGE / hd);
+    // Scores: thread (kk = tid % kt, sub = tid / kt) takes key kk for heads sub, sub + S, ...
+    // K rows are read down the keys (one row per lane), so their 16-byte chunks are stored
+    // XOR-swizzled by the key (chunk c of key kk at c ^ (kk & 7)): 8 lanes reading chunk c of 8
+    // consecutive keys hit 8 different bank groups. Needs hd a multiple of 64 (else unswizzled).
+    const int S = ATT_THREADS / kt, skk = tid % kt, ssub = tid / kt;
+    const int swz = (nch & 7) == 0 ? 7 : 0;
     const u64 head_off = (u64)kvh * hd;
-    for (int p0 = k0; p0 < k1; p0 += kt) {
+    // Stage tile p0's K (swizzled) or V rows: 16-byte asynchronous copies, one commit group.
+    auto stage = [&](u16* dst, const u16* src, int p0, int sw) {
         const int n = min(kt, k1 - p0);
-        if (tid < n) {
-            const int p = p0 + tid;
-            slot_sh[tid] = table[p >> 4] * 16 + (p & 15);
-        }
-        __syncthreads();
         for (int c = tid; c < n * nch; c += ATT_THREADS) {
             const int kk = c / nch, j = c - kk * nch;
-            const u64 src = (u64)slot_sh[kk] * kv_dim + head_off + 8 * j;
-            cp_async16(ks + kk * hd + 8 * j, kc + src);
-            cp_async16(vsh + kk * hd + 8 * j, vc + src);
+            const int p = p0 + kk;
+            const u64 slot = (u64)table[p >> 4] * 16 + (p & 15);
+            cp_async16(dst + kk * hd + 8 * (j ^ (kk & sw)), src + slot * kv_dim + head_off + 8 * j);
         }
-        cp_async_wait_all();
+        cp_async_commit();
+    };
+    // Software pipeline, one buffer each: the next tile's K loads while this tile's softmax and
+    // V accumulation run, its V while the next scores and softmax run. Commit groups complete in
+    // order: at a tile's start [K, V] are in flight.
+    if (k0 < k1) {
+        stage(ks, kc, k0, swz);
+        stage(vsh, vc, k0, 0);
+    }
+    for (int p0 = k0; p0 < k1; p0 += kt) {
+        const int n = min(kt, k1 - p0);
+        const bool more = p0 + kt < k1;
+        cp_async_wait_group<1>();  // this tile's K
         __syncthreads();
-        // Scores: the key's chunks in registers, then one dot per head.
-        for (int kb = warp * kpw; kb < n; kb += (ATT_THREADS / 32) * kpw) {  // uniform per warp
-            const int kk = kb + sub;
-            float kr[2][8];
+        if (skk < n && ssub < S) {
+            float a[FD_HPT];
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int c = cl + r * L;
-                uint4 k8 = make_uint4(0, 0, 0, 0);
-                if (kk < n && c < nch) k8 = *(const uint4*)(ks + kk * hd + 8 * c);
+            for (int i = 0; i < FD_HPT; ++i) a[i] = 0.0f;
+            const u16* kr = ks + skk * hd;
+            const int sw = skk & swz;
+            for (int c = 0; c < nch; ++c) {
+                const uint4 k8 = *(const uint4*)(kr + 8 * (c ^ sw));
                 const u32 kw[4] = {k8.x, k8.y, k8.z, k8.w};
+                float kf[8];
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
-                    kr[r][2 * i] = h2f((u16)(kw[i] & 0xFFFFu));
-                    kr[r][2 * i + 1] = h2f((u16)(kw[i] >> 16));
+                    kf[2 * i] = h2f((u16)(kw[i] & 0xFFFFu));
+                    kf[2 * i + 1] = h2f((u16)(kw[i] >> 16));
                 }
-            }
-            for (int g = 0; g < gb; ++g) {
-                float a = 0.0f;
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int c = cl + r * L;
-                    if (c < nch) {
-                        const uint4 q8 = *(const uint4*)(qs + g * hd + 8 * c);
-                        const u32 qw[4] = {q8.x, q8.y, q8.z, q8.w};
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) {
-                            a = fmaf(h2f((u16)(qw[i] & 0xFFFFu)), kr[r][2 * i], a);
-                            a = fmaf(h2f((u16)(qw[i] >> 16)), kr[r][2 * i + 1], a);
-                        }
+                for (int i = 0; i < FD_HPT; ++i) {
+                    const int g = ssub + S * i;
+                    if (g < gb) {
+                        const float4 q0 = *(const float4*)(qs + g * hd + 8 * c);
+                        const float4 q1 = *(const float4*)(qs + g * hd + 8 * c + 4);
+                        float x = a[i];
+                        x = fmaf(q0.x, kf[0], x);
+                        x = fmaf(q0.y, kf[1], x);
+                        x = fmaf(q0.z, kf[2], x);
+                        x = fmaf(q0.w, kf[3], x);
+                        x = fmaf(q1.x, kf[4], x);
+                        x = fmaf(q1.y, kf[5], x);
+                        x = fmaf(q1.z, kf[6], x);
+                        x = fmaf(q1.w, kf[7], x);
+                        a[i] = x;
                     }
                 }
-                for (int o = L >> 1; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-                if (kk < n && cl == 0) ps[g][kk] = a * scale;
+            }
+#pragma unroll
+            for (int i = 0; i < FD_HPT; ++i) {
+                const int g = ssub + S * i;
+                if (g < gb) ps[g][skk] = a[i] * scale;
             }
         }
         __syncthreads();
+        if (more) stage(ks, kc, p0 + kt, swz);  // every thread is past its scores (the sync above)
         // Online softmax in f32, a warp per head (the tile has at most 64 keys: 2 per lane).
         for (int g = warp; g < gb; g += ATT_THREADS / 32) {
             const float s0 = lane < n ? ps[g][lane] : -KS_INF;
@@ -302,12 +327,12 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
             for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
             const float m_old = m_sh[g];
             const float m_new = fmaxf(m_old, mt);
-            const float p0 = expf(s0 - m_new), p1 = expf(s1 - m_new);
-            float sp = p0 + p1;
+            const float e0 = expf(s0 - m_new), e1 = expf(s1 - m_new);
+            float sp = e0 + e1;
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) sp += __shfl_xor_sync(0xffffffffu, sp, o);
-            if (lane < n) ps[g][lane] = p0;
-            if (lane + 32 < n) ps[g][lane + 32] = p1;
+            if (lane < n) ps[g][lane] = e0;
+            if (lane + 32 < n) ps[g][lane + 32] = e1;
             __syncwarp();
             if (lane == 0) {
                 const float al = expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
@@ -315,6 +340,11 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
                 l_sh[g] = fmaf(l_sh[g], al, sp);
                 m_sh[g] = m_new;
             }
+        }
+        if (more) {
+            cp_async_wait_group<1>();  // this tile's V (the next K may still load)
+        } else {
+            cp_async_wait_group<0>();
         }
         __syncthreads();
         // V: pairs of output dims e = 2 tid + 256 j of the gb × hd outputs.
@@ -339,6 +369,7 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
             }
         }
         __syncthreads();
+        if (more) stage(vsh, vc, p0 + kt, 0);
     }
     float* pp = part + ((u64)t * n_head + h0) * zmax * (hd + 2) + (u64)split * (hd + 2);
     const u64 hstride = (u64)zmax * (hd + 2);
@@ -371,7 +402,6 @@ ATTN_FD(attn_fd_1, 1)
 ATTN_FD(attn_fd_2, 2)
 ATTN_FD(attn_fd_4, 4)
 ATTN_FD(attn_fd_8, 8)
-ATTN_FD(attn_fd_16, 16)
 
 // Merge attn_fd_*'s splits of each (head, token) in split order, in f32: out = sum_i acc_i
 // e^(m_i - M) / sum_i sum_i e^(m_i - M). grid = (n_head, n_tokens or the row list), ATT_THREADS

@@ -160,7 +160,6 @@ pub const MODULES: &[KernelModule] = &[
             "attn_fd_2",
             "attn_fd_4",
             "attn_fd_8",
-            "attn_fd_16",
             "attention_combine",
         ],
     },

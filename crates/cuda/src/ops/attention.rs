@@ -9,7 +9,7 @@ use kestrel_engine::{AttnGeom, Chunk};
 
 use crate::backend::{Arg, CudaBackend, CudaKv, CudaStep, CudaTensor};
 
-/// Largest head_dim the attention kernels take (their shared-memory staging).
+/// Largest head_dim the attention kernels take (their shared-memory staging; `fd_heads`).
 pub const MAX_HEAD_DIM: usize = 512;
 
 /// Tokens with at most this many keys take the exact-chain kernel (kernels/attention.cu
@@ -51,11 +51,12 @@ pub fn launch_key(min_keys: usize, max_keys: usize) -> usize {
 }
 
 /// Query heads one flash-decoding block takes: the largest divisor of the GQA group up to 8
-/// (kernels/attention.cu `FD_MAXG`), so K/V rows are read once per block for all of them.
-pub fn fd_heads(group: usize) -> usize {
+/// (kernels/attention.cu `FD_MAXG`) whose f32 Q fits the block's 2048 floats (`FD_QS`; 4 heads
+/// at hd 512), so K/V rows are read once per block for all of them.
+pub fn fd_heads(group: usize, head_dim: usize) -> usize {
     (1..=group.min(8))
         .rev()
-        .find(|d| group.is_multiple_of(*d))
+        .find(|d| group.is_multiple_of(*d) && d * head_dim <= 2048)
         .unwrap_or(1)
 }
 
@@ -379,13 +380,13 @@ fn decode(
         return;
     }
     let zmax = splits(step.max_keys);
-    let gb = fd_heads(g.n_head / g.n_kv_head);
+    let gb = fd_heads(g.n_head / g.n_kv_head, g.head_dim);
+    // Pairs of output dims per thread (the f32 accumulator): gb × hd / 256.
     let kernel = match (gb * g.head_dim).div_ceil(256) {
         0..=1 => "attn_fd_1",
         2 => "attn_fd_2",
         3..=4 => "attn_fd_4",
-        5..=8 => "attn_fd_8",
-        _ => "attn_fd_16",
+        _ => "attn_fd_8",
     };
     // Partials are indexed by token, so with a row list they cover the whole step.
     let n_part = if rows == 0 { n } else { step.n_tokens };
@@ -486,6 +487,46 @@ mod tests {
         let (runs, dec) = split_runs(&pos, &seq, &chunks, 4);
         assert_eq!(runs, vec![(0, 3), (3, 4)]);
         assert_eq!(dec, vec![7]);
+    }
+
+    #[test]
+    fn decode_splits_cover_every_token_of_the_step() {
+        // Each token's splits fit the grid sized for the longest context; below MAX_SPLITS its
+        // splits take at most FD_MIN_CHUNK keys and all but the last a full share.
+        for max in [1usize, 128, 129, 500, 4096, 8129, 16384, 20000, 1 << 20] {
+            let z = splits(max);
+            assert!(z.is_power_of_two() && z <= MAX_SPLITS, "{max}: {z}");
+            for n in [1, 64, 128, 129, 192, 1000, max / 2, max - 1, max] {
+                let n = n.clamp(1, max);
+                let s = token_splits(n);
+                assert!(s <= z, "{n} keys: {s} splits, grid {z}");
+                if n > EXACT_KEYS && s < MAX_SPLITS {
+                    assert!(n.div_ceil(s) <= FD_MIN_CHUNK, "{n} keys, {s} splits");
+                    assert!(n >= FD_MIN_CHUNK * (s - 1), "{n} keys, {s} splits");
+                }
+            }
+        }
+        assert_eq!(token_splits(EXACT_KEYS), 1);
+        assert_eq!(token_splits(EXACT_KEYS + 1), 3);
+        // The graph key tells apart steps that launch the exact kernel and those that do not.
+        assert_ne!(launch_key(5000, 5000), launch_key(5, 5000));
+        for (group, hd) in [
+            (1, 128),
+            (4, 128),
+            (8, 128),
+            (16, 128),
+            (8, 512),
+            (6, 96),
+            (8, 256),
+        ] {
+            let gb = fd_heads(group, hd);
+            assert!(
+                group.is_multiple_of(gb) && gb <= 8 && gb * hd <= 2048,
+                "{group} {hd}: {gb}"
+            );
+        }
+        assert_eq!(fd_heads(8, 512), 4);
+        assert_eq!(fd_heads(16, 128), 8);
     }
 
     #[test]
