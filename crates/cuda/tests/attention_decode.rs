@@ -149,6 +149,9 @@ fn exact_head(c: &Caches, g: AttnGeom, seq: usize, pos: usize, kvh: usize, qh: &
     o.iter().map(|v| v / z).collect()
 }
 
+/// (n_head, n_kv_head, head_dim, window, each sequence's context).
+type Case = (usize, usize, usize, Option<usize>, Vec<usize>);
+
 /// Every geometry the models use (head_dim 64..512, GQA 1..16, windows shorter and longer than
 /// the exact kernel's limit) at contexts 1..20000, several per step: each token's output against
 /// exact f64 attention and the CPU's. Tolerances: flash-decoding (f16 K/V and Q, f32 scores,
@@ -159,8 +162,7 @@ fn exact_head(c: &Caches, g: AttnGeom, seq: usize, pos: usize, kvh: usize, qh: &
 #[ignore = "needs CUDA"]
 fn decode_attention_matches_exact_and_cpu() {
     let (g, cpu) = (gpu(), CpuBackend::new());
-    // (n_head, n_kv_head, head_dim, window, contexts)
-    let cases: [(usize, usize, usize, Option<usize>, Vec<usize>); 7] = [
+    let cases: [Case; 7] = [
         (32, 8, 128, None, vec![20000, 4097, 129, 128, 1, 700, 16384]),
         (8, 8, 64, None, vec![16389, 130, 65, 2]),
         (16, 2, 256, Some(1000), vec![5000, 999, 1001, 1500]),
