@@ -1,30 +1,25 @@
-// Causal (optionally windowed) attention over the paged f16 KV cache, with GQA, split over the
-// keys (flash-decoding). grid = (n_head, n_tokens, n_splits), ATT_THREADS threads per block;
-// with `rows` (a step that also holds prefill runs, which attention_prefill.cu takes) grid.y
-// walks that list of token indices instead of all tokens.
-// Each token reads its position, and with it how many keys it attends to, from the step buffer,
-// and split z of n_splits takes the z-th of n_splits equal runs of those keys: a split with
-// nothing to do writes an empty partial and returns, so one launch (one captured graph) serves
-// every context length up to the one the split count was chosen for.
+// Causal (optionally windowed) attention over the paged f16 KV cache, with GQA, for the tokens
+// that do not take the tensor-core prefill kernel (attention_prefill.cu). Two kernels, chosen per
+// token by its own number of keys (so a token's bits do not depend on what shares the step):
 //
-// Within a split the math is the CPU backend's (cpu/src/ops/attention.rs, after llama.cpp's CPU
-// flash attention): Q rounded to f16; each score the f16 Q·K dot in f32, times `scale`; keys
-// visited in order with an online softmax; the V accumulator kept in f16 (acc = f16(fma(v, w,
-// acc)), rescaled in f16 on a new maximum). With one split (up to ops/attention.rs SPLIT_KEYS
-// keys, chosen on the host) the output is that of the CPU up to the summation order of the
-// scores. Keys go by tiles: the tile's K and V rows are staged in shared memory with
-// asynchronous 16-byte copies, all issued at once (a tile waits for memory once); then three
-// parallel phases: the scores (hd/8 lanes per key), the per-key weights (a prefix max over the
-// tile gives each key the running maximum the sequential loop would see: rescale =
+// attention_d*: up to `max_keys` keys (ops/attention.rs EXACT_KEYS), the CPU backend's exact
+// chain (cpu/src/ops/attention.rs, after llama.cpp's CPU flash attention): Q rounded to f16; each
+// score the f16 Q·K dot in f32, times `scale`; keys visited in order with an online softmax; the
+// V accumulator kept in f16 (acc = f16(fma(v, w, acc)), rescaled in f16 on a new maximum). The
+// output is that of the CPU up to the summation order of the scores. grid = (n_head, n_tokens),
+// ATT_THREADS threads; a token with more keys returns at once. Keys go by tiles: the tile's K and
+// V rows are staged in shared memory with asynchronous 16-byte copies, all issued at once; then
+// three parallel phases: the scores (hd/8 lanes per key), the per-key weights (a prefix max over
+// the tile gives each key the running maximum the sequential loop would see: rescale =
 // exp(m_before - s) on a new maximum, else weight exp(s - m_before)), and the V accumulation,
-// sequential over the keys for each of a thread's dims (the f16 rounding chain). With several
-// splits each writes its f16-valued accumulator, maximum and sum to `part`, and
-// attention_combine merges them in f32.
+// sequential over the keys for each of a thread's dims (the f16 rounding chain).
+//
+// attn_fd_*: longer contexts, flash-decoding in f32 (below).
 
 #define ATT_THREADS 128
 #define ATT_TILE 64
 #define ATT_MAXD 512
-#define ATT_MAX_SPLITS 64
+#define ATT_MAX_SPLITS 128
 // Halves of K (and of V) staged in shared memory per tile: a tile is min(ATT_TILE, this / hd)
 // keys (64 up to hd 128, 32 at 256, 16 at 512).
 #define ATT_STAGE 8192
@@ -36,12 +31,17 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 template <int DPT>
-__device__ __forceinline__ void attention_t(const float* q, const u16* kc, const u16* vc, float* out, float* part,
+__device__ __forceinline__ void attention_t(const float* q, const u16* kc, const u16* vc, float* out,
                                             const u32* positions, const u32* seq_index, const u32* bt_off,
                                             const u32* bt_flat, int n_head, int n_kv_head, int hd, int kv_dim,
-                                            int window, float scale, int n_splits, const u32* rows) {
+                                            int window, float scale, int max_keys, const u32* rows) {
     __shared__ __align__(16) u16 ks[ATT_STAGE];
     __shared__ __align__(16) u16 vsh[ATT_STAGE];
     __shared__ float qs[ATT_MAXD];
@@ -50,16 +50,14 @@ __device__ __forceinline__ void attention_t(const float* q, const u16* kc, const
     __shared__ u32 slot_sh[ATT_TILE];
     __shared__ float m_sh;
     PDL_START();
-    const int h = blockIdx.x, split = blockIdx.z, tid = threadIdx.x;
+    const int h = blockIdx.x, tid = threadIdx.x;
     const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
     const int warp = tid >> 5, lane = tid & 31;
     const int kvh = h / (n_head / n_kv_head);
     const int pos = (int)positions[t];
     const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
-    const int n_keys = pos + 1 - lo;
-    const int chunk = (n_keys + n_splits - 1) / n_splits;
-    const int k0 = lo + split * chunk;
-    const int k1 = min(pos + 1, k0 + chunk);
+    if (pos + 1 - lo > max_keys) return;  // attn_fd_*'s token
+    const int k0 = lo, k1 = pos + 1;
     const u32* table = bt_flat + bt_off[seq_index[t]];
     const float* qr = q + ((u64)t * n_head + h) * hd;
     for (int d = tid; d < hd; d += ATT_THREADS) qs[d] = round_f16(qr[d]);
@@ -166,68 +164,278 @@ __device__ __forceinline__ void attention_t(const float* q, const u16* kc, const
         }
         __syncthreads();
     }
-    if (n_splits == 1) {
-        const float inv = sum == 0.0f ? 0.0f : __frcp_rn(sum);
-        float* o = out + ((u64)t * n_head + h) * hd;
+    const float inv = sum == 0.0f ? 0.0f : __frcp_rn(sum);
+    float* o = out + ((u64)t * n_head + h) * hd;
 #pragma unroll
-        for (int j = 0; j < DPT; ++j) {
-            const int d = tid + j * ATT_THREADS;
-            if (d < hd) o[d] = __fmul_rn(acc[j], inv);
-        }
-    } else {
-        float* pp = part + (((u64)t * n_head + h) * n_splits + split) * (hd + 2);
-#pragma unroll
-        for (int j = 0; j < DPT; ++j) {
-            const int d = tid + j * ATT_THREADS;
-            if (d < hd) pp[d] = acc[j];
-        }
-        if (tid == 0) {
-            pp[hd] = m_sh;
-            pp[hd + 1] = sum;
-        }
+    for (int j = 0; j < DPT; ++j) {
+        const int d = tid + j * ATT_THREADS;
+        if (d < hd) o[d] = __fmul_rn(acc[j], inv);
     }
 }
 
 #define ATTENTION(name, DPT)                                                                                     \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                   \
-        name(const float* q, const u16* kc, const u16* vc, float* out, float* part, const u32* positions,        \
+        name(const float* q, const u16* kc, const u16* vc, float* out, const u32* positions,                     \
              const u32* seq_index, const u32* bt_off, const u32* bt_flat, int n_head, int n_kv_head, int hd,     \
-             int kv_dim, int window, float scale, int n_splits, const u32* rows) {                               \
-        attention_t<DPT>(q, kc, vc, out, part, positions, seq_index, bt_off, bt_flat, n_head, n_kv_head, hd,    \
-                         kv_dim, window, scale, n_splits, rows);                                                 \
+             int kv_dim, int window, float scale, int max_keys, const u32* rows) {                               \
+        attention_t<DPT>(q, kc, vc, out, positions, seq_index, bt_off, bt_flat, n_head, n_kv_head, hd, kv_dim,  \
+                         window, scale, max_keys, rows);                                                         \
     }
 
 ATTENTION(attention_d1, 1)
 ATTENTION(attention_d2, 2)
 ATTENTION(attention_d4, 4)
 
-// Merge the splits of each (head, token): out = sum_i acc_i e^(m_i - M) / sum_i sum_i e^(m_i - M).
-// grid = (n_head, n_tokens), ATT_THREADS threads.
+// ---- Flash decoding: tokens with more than `exact_keys` keys ----
+// grid = (n_head / gb, n_tokens (or the row list), zmax), ATT_THREADS threads. A block takes `gb`
+// query heads of one KV head (all of its GQA group up to FD_MAXG), so each K/V row is read once
+// for them, and one split of the token's keys. The token's split count depends on its own number
+// of keys alone (fd_splits: at least `min_chunk` keys a split, at most `max_splits` splits) and
+// split z takes the z-th of equal runs of them, so a token's bits do not depend on the step; grid.z
+// is sized for the step's longest context and blocks beyond a token's splits return at once (one
+// captured graph serves every context up to that). Per tile of keys: K and V rows staged with
+// 16-byte asynchronous copies; scores for all (key, head) pairs at once (a thread per key and a
+// few heads, Q in f32 in shared memory, read by all lanes at once); an f32 online softmax per head (one warp per head,
+// the tile's maximum and sum by fixed shuffle trees); the f32 accumulator of gb × hd outputs,
+// pairs of dims per thread (NP pairs), rescaled once per tile. Each split writes its unnormalized
+// accumulator, maximum and sum to `part`; attention_combine merges them in split order.
+#define FD_MAXG 8
+// f32 Q of the block's heads (ops/attention.rs fd_heads keeps gb × hd within it).
+#define FD_QS 2048
+// Heads a thread scores per key: gb / (ATT_THREADS / kt) at most (kt = 64 keys: 8 / 2).
+#define FD_HPT 4
+
+__device__ __forceinline__ int fd_splits(int n_keys, int min_chunk, int max_splits) {
+    return min(max_splits, (n_keys + min_chunk - 1) / min_chunk);
+}
+
+template <int NP>
+__device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u16* vc, float* part,
+                                          const u32* positions, const u32* seq_index, const u32* bt_off,
+                                          const u32* bt_flat, int n_head, int n_kv_head, int gb, int hd, int kv_dim,
+                                          int window, float scale, int exact_keys, int min_chunk, int max_splits,
+                                          int zmax, const u32* rows) {
+    __shared__ __align__(16) u16 ks[ATT_STAGE];
+    __shared__ __align__(16) u16 vsh[ATT_STAGE];
+    __shared__ __align__(16) float qs[FD_QS];
+    __shared__ float ps[FD_MAXG][ATT_TILE];  // scores, then weights
+    __shared__ float m_sh[FD_MAXG], l_sh[FD_MAXG], al_sh[FD_MAXG];
+    PDL_START();
+    const int split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
+    const int h0 = blockIdx.x * gb;
+    const int kvh = h0 / (n_head / n_kv_head);
+    const int pos = (int)positions[t];
+    const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
+    const int n_keys = pos + 1 - lo;
+    if (n_keys <= exact_keys) return;  // attention_d*'s token
+    const int ns = fd_splits(n_keys, min_chunk, max_splits);
+    if (split >= ns) return;
+    const int chunk = (n_keys + ns - 1) / ns;
+    const int k0 = lo + split * chunk;
+    const int k1 = min(pos + 1, k0 + chunk);  // k0 >= k1: an empty split (m = -inf, sum 0)
+    const u32* table = bt_flat + bt_off[seq_index[t]];
+    // Q rounded to f16, as the exact kernel and the CPU do, kept in f32.
+    for (int e = tid; e < gb * hd; e += ATT_THREADS) qs[e] = round_f16(q[((u64)t * n_head + h0) * hd + e]);
+    if (tid < FD_MAXG) {
+        m_sh[tid] = -KS_INF;
+        l_sh[tid] = 0.0f;
+    }
+    float acc[NP][2];
+#pragma unroll
+    for (int j = 0; j < NP; ++j) acc[j][0] = acc[j][1] = 0.0f;
+    const int nch = hd >> 3;
+    const int kt = min(ATT_TILE, ATT_STAGE / hd);
+    // Scores: thread (kk = tid % kt, sub = tid / kt) takes key kk for heads sub, sub + S, ...
+    // K rows are read down the keys (one row per lane), so their 16-byte chunks are stored
+    // XOR-swizzled by the key (chunk c of key kk at c ^ (kk & 7)): 8 lanes reading chunk c of 8
+    // consecutive keys hit 8 different bank groups. Needs hd a multiple of 64 (else unswizzled).
+    const int S = ATT_THREADS / kt, skk = tid % kt, ssub = tid / kt;
+    const int swz = (nch & 7) == 0 ? 7 : 0;
+    const u64 head_off = (u64)kvh * hd;
+    // Stage tile p0's K (swizzled) or V rows: 16-byte asynchronous copies, one commit group.
+    auto stage = [&](u16* dst, const u16* src, int p0, int sw) {
+        const int n = min(kt, k1 - p0);
+        for (int c = tid; c < n * nch; c += ATT_THREADS) {
+            const int kk = c / nch, j = c - kk * nch;
+            const int p = p0 + kk;
+            const u64 slot = (u64)table[p >> 4] * 16 + (p & 15);
+            cp_async16(dst + kk * hd + 8 * (j ^ (kk & sw)), src + slot * kv_dim + head_off + 8 * j);
+        }
+        cp_async_commit();
+    };
+    // Software pipeline, one buffer each: the next tile's K loads while this tile's softmax and
+    // V accumulation run, its V while the next scores and softmax run. Commit groups complete in
+    // order: at a tile's start [K, V] are in flight.
+    if (k0 < k1) {
+        stage(ks, kc, k0, swz);
+        stage(vsh, vc, k0, 0);
+    }
+    for (int p0 = k0; p0 < k1; p0 += kt) {
+        const int n = min(kt, k1 - p0);
+        const bool more = p0 + kt < k1;
+        cp_async_wait_group<1>();  // this tile's K
+        __syncthreads();
+        if (skk < n && ssub < S) {
+            float a[FD_HPT];
+#pragma unroll
+            for (int i = 0; i < FD_HPT; ++i) a[i] = 0.0f;
+            const u16* kr = ks + skk * hd;
+            const int sw = skk & swz;
+            for (int c = 0; c < nch; ++c) {
+                const uint4 k8 = *(const uint4*)(kr + 8 * (c ^ sw));
+                const u32 kw[4] = {k8.x, k8.y, k8.z, k8.w};
+                float kf[8];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    kf[2 * i] = h2f((u16)(kw[i] & 0xFFFFu));
+                    kf[2 * i + 1] = h2f((u16)(kw[i] >> 16));
+                }
+#pragma unroll
+                for (int i = 0; i < FD_HPT; ++i) {
+                    const int g = ssub + S * i;
+                    if (g < gb) {
+                        const float4 q0 = *(const float4*)(qs + g * hd + 8 * c);
+                        const float4 q1 = *(const float4*)(qs + g * hd + 8 * c + 4);
+                        float x = a[i];
+                        x = fmaf(q0.x, kf[0], x);
+                        x = fmaf(q0.y, kf[1], x);
+                        x = fmaf(q0.z, kf[2], x);
+                        x = fmaf(q0.w, kf[3], x);
+                        x = fmaf(q1.x, kf[4], x);
+                        x = fmaf(q1.y, kf[5], x);
+                        x = fmaf(q1.z, kf[6], x);
+                        x = fmaf(q1.w, kf[7], x);
+                        a[i] = x;
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < FD_HPT; ++i) {
+                const int g = ssub + S * i;
+                if (g < gb) ps[g][skk] = a[i] * scale;
+            }
+        }
+        __syncthreads();
+        if (more) stage(ks, kc, p0 + kt, swz);  // every thread is past its scores (the sync above)
+        // Online softmax in f32, a warp per head (the tile has at most 64 keys: 2 per lane).
+        for (int g = warp; g < gb; g += ATT_THREADS / 32) {
+            const float s0 = lane < n ? ps[g][lane] : -KS_INF;
+            const float s1 = lane + 32 < n ? ps[g][lane + 32] : -KS_INF;
+            float mt = fmaxf(s0, s1);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+            const float m_old = m_sh[g];
+            const float m_new = fmaxf(m_old, mt);
+            const float e0 = expf(s0 - m_new), e1 = expf(s1 - m_new);
+            float sp = e0 + e1;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) sp += __shfl_xor_sync(0xffffffffu, sp, o);
+            if (lane < n) ps[g][lane] = e0;
+            if (lane + 32 < n) ps[g][lane + 32] = e1;
+            __syncwarp();
+            if (lane == 0) {
+                const float al = expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
+                al_sh[g] = al;
+                l_sh[g] = fmaf(l_sh[g], al, sp);
+                m_sh[g] = m_new;
+            }
+        }
+        if (more) {
+            cp_async_wait_group<1>();  // this tile's V (the next K may still load)
+        } else {
+            cp_async_wait_group<0>();
+        }
+        __syncthreads();
+        // V: pairs of output dims e = 2 tid + 256 j of the gb × hd outputs.
+#pragma unroll
+        for (int j = 0; j < NP; ++j) {
+            const int e = 2 * tid + 2 * ATT_THREADS * j;
+            if (e < gb * hd) {
+                const int g = e / hd, d = e - g * hd;
+                const float al = al_sh[g];
+                float a0 = acc[j][0] * al, a1 = acc[j][1] * al;
+                const float* pg = ps[g];
+                const u16* vp = vsh + d;
+#pragma unroll 4
+                for (int kk = 0; kk < n; ++kk) {
+                    const u32 v2 = *(const u32*)(vp + kk * hd);
+                    const float p = pg[kk];
+                    a0 = fmaf(p, h2f((u16)(v2 & 0xFFFFu)), a0);
+                    a1 = fmaf(p, h2f((u16)(v2 >> 16)), a1);
+                }
+                acc[j][0] = a0;
+                acc[j][1] = a1;
+            }
+        }
+        __syncthreads();
+        if (more) stage(vsh, vc, p0 + kt, 0);
+    }
+    float* pp = part + ((u64)t * n_head + h0) * zmax * (hd + 2) + (u64)split * (hd + 2);
+    const u64 hstride = (u64)zmax * (hd + 2);
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+        const int e = 2 * tid + 2 * ATT_THREADS * j;
+        if (e < gb * hd) {
+            const int g = e / hd, d = e - g * hd;
+            pp[g * hstride + d] = acc[j][0];
+            pp[g * hstride + d + 1] = acc[j][1];
+        }
+    }
+    if (tid < gb) {
+        pp[tid * hstride + hd] = m_sh[tid];
+        pp[tid * hstride + hd + 1] = l_sh[tid];
+    }
+}
+
+#define ATTN_FD(name, NP)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                   \
+        name(const float* q, const u16* kc, const u16* vc, float* part, const u32* positions,                    \
+             const u32* seq_index, const u32* bt_off, const u32* bt_flat, int n_head, int n_kv_head, int gb,     \
+             int hd, int kv_dim, int window, float scale, int exact_keys, int min_chunk, int max_splits,         \
+             int zmax, const u32* rows) {                                                                        \
+        attn_fd_t<NP>(q, kc, vc, part, positions, seq_index, bt_off, bt_flat, n_head, n_kv_head, gb, hd, kv_dim, \
+                      window, scale, exact_keys, min_chunk, max_splits, zmax, rows);                             \
+    }
+
+ATTN_FD(attn_fd_1, 1)
+ATTN_FD(attn_fd_2, 2)
+ATTN_FD(attn_fd_4, 4)
+ATTN_FD(attn_fd_8, 8)
+
+// Merge attn_fd_*'s splits of each (head, token) in split order, in f32: out = sum_i acc_i
+// e^(m_i - M) / sum_i sum_i e^(m_i - M). grid = (n_head, n_tokens or the row list), ATT_THREADS
+// threads; a token of the exact kernel returns at once.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-attention_combine(const float* part, float* out, int n_head, int hd, int n_splits, const u32* rows) {
+attention_combine(const float* part, float* out, const u32* positions, int n_head, int hd, int window,
+                  int exact_keys, int min_chunk, int max_splits, int zmax, const u32* rows) {
     __shared__ float ws[ATT_MAX_SPLITS];
     __shared__ float inv_sh;
     PDL_START();
     const int h = blockIdx.x, tid = threadIdx.x;
     const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
-    const float* pp = part + ((u64)t * n_head + h) * n_splits * (hd + 2);
+    const int pos = (int)positions[t];
+    const int n_keys = window > 0 ? min(pos + 1, window) : pos + 1;
+    if (n_keys <= exact_keys) return;
+    const int ns = fd_splits(n_keys, min_chunk, max_splits);
+    const float* pp = part + ((u64)t * n_head + h) * zmax * (hd + 2);
     float M = -KS_INF;
-    for (int i = 0; i < n_splits; ++i) M = fmaxf(M, pp[i * (hd + 2) + hd]);
-    for (int i = tid; i < n_splits; i += ATT_THREADS) {
+    for (int i = 0; i < ns; ++i) M = fmaxf(M, pp[i * (hd + 2) + hd]);
+    for (int i = tid; i < ns; i += ATT_THREADS) {
         const float mi = pp[i * (hd + 2) + hd];
-        ws[i] = mi == -KS_INF ? 0.0f : exp_f(mi - M);
+        ws[i] = mi == -KS_INF ? 0.0f : expf(mi - M);
     }
     __syncthreads();
     if (tid == 0) {
         float s = 0.0f;
-        for (int i = 0; i < n_splits; ++i) s = fmaf(pp[i * (hd + 2) + hd + 1], ws[i], s);
-        inv_sh = s == 0.0f ? 0.0f : __frcp_rn(s);
+        for (int i = 0; i < ns; ++i) s = fmaf(pp[i * (hd + 2) + hd + 1], ws[i], s);
+        inv_sh = s == 0.0f ? 0.0f : 1.0f / s;
     }
     __syncthreads();
     float* o = out + ((u64)t * n_head + h) * hd;
     for (int d = tid; d < hd; d += ATT_THREADS) {
         float v = 0.0f;
-        for (int i = 0; i < n_splits; ++i) v = fmaf(pp[i * (hd + 2) + d], ws[i], v);
-        o[d] = __fmul_rn(v, inv_sh);
+        for (int i = 0; i < ns; ++i) v = fmaf(pp[i * (hd + 2) + d], ws[i], v);
+        o[d] = v * inv_sh;
     }
 }

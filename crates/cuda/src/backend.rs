@@ -102,8 +102,9 @@ struct State {
     pref: Option<ActFmt>,
     /// Most columns of any uploaded matrix (sizes `qbuf`).
     max_cols: usize,
-    /// The step in flight: tokens and the most keys any of its tokens attends to.
+    /// The step in flight: tokens and the fewest and most keys any of its tokens attends to.
     n_tokens: usize,
+    min_keys: usize,
     max_keys: usize,
     /// Output of `argmax_rows`.
     ids: Option<CudaSlice<u32>>,
@@ -140,7 +141,7 @@ pub(crate) struct QInput {
     _scratch: Option<CudaTensor>,
 }
 
-/// A graph's key: (bucket, attention splits).
+/// A graph's key: (bucket, `ops::attention::launch_key`).
 type GraphKey = (usize, usize);
 
 struct Recorded {
@@ -257,6 +258,8 @@ pub struct CudaStep {
     pub n_logits: usize,
     /// The most keys any token of the step attends to (its position + 1).
     pub max_keys: usize,
+    /// The fewest.
+    pub min_keys: usize,
     pub(crate) tokens: u64,
     pub(crate) positions: u64,
     pub(crate) slots: u64,
@@ -400,6 +403,7 @@ impl CudaBackend {
                 pref: None,
                 max_cols: 0,
                 n_tokens: 0,
+                min_keys: 0,
                 max_keys: 0,
                 ids: None,
                 stats: QuantStats::default(),
@@ -676,9 +680,10 @@ impl CudaBackend {
         });
     }
 
-    /// The most keys a token of the current step attends to.
-    pub(crate) fn step_max_keys(&self) -> usize {
-        self.state().max_keys
+    /// The current step's decode-attention launches (`ops::attention::launch_key`).
+    pub(crate) fn step_attn_key(&self) -> usize {
+        let st = self.state();
+        crate::ops::attention::launch_key(st.min_keys, st.max_keys)
     }
 
     fn launch_raw(
@@ -962,6 +967,7 @@ impl Backend for CudaBackend {
         self.bind();
         let n = step.tokens.len();
         let max_keys = step.positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let min_keys = step.positions.iter().min().map_or(0, |&p| p as usize + 1);
         let (arena_epoch, prev) = {
             let mut a = self.arena.lock().expect("arena lock");
             // The previous step's arena use, if it ran eagerly under a graph key.
@@ -979,6 +985,7 @@ impl Backend for CudaBackend {
             st.cached = None;
             st.qbuf = None;
             st.n_tokens = n;
+            st.min_keys = min_keys;
             st.max_keys = max_keys;
             st.qbuf_bytes = if st.max_cols > 0 {
                 ActFmt::max_bytes(n, st.max_cols)
@@ -1057,6 +1064,7 @@ impl Backend for CudaBackend {
             n_tokens: n,
             n_logits,
             max_keys,
+            min_keys,
             tokens: at(0),
             positions: at(n),
             slots: at(2 * n),
@@ -1254,7 +1262,7 @@ impl Backend for CudaBackend {
     }
 
     fn graph_replay(&self, bucket: usize) -> Option<CudaTensor> {
-        let key = (bucket, crate::ops::attention::splits(self.step_max_keys()));
+        let key = (bucket, self.step_attn_key());
         let mut g = self.graphs.lock().expect("graphs lock");
         if g.mode != GraphMode::On {
             return None;
@@ -1270,7 +1278,7 @@ impl Backend for CudaBackend {
     }
 
     fn graph_begin(&self, bucket: usize) -> bool {
-        let key = (bucket, crate::ops::attention::splits(self.step_max_keys()));
+        let key = (bucket, self.step_attn_key());
         let cap = self.arena.lock().expect("arena lock").capacity();
         let mut g = self.graphs.lock().expect("graphs lock");
         if g.mode != GraphMode::On {

@@ -1,36 +1,63 @@
 //! KV-cache writes (kernels/kv.cu) and paged attention. Runs of many query tokens of one
 //! sequence (prompts, chunks of prompts) take the tensor-core flash-attention kernel
-//! (kernels/attention_prefill.cu); the other tokens the decode kernel (kernels/attention.cu): one
-//! launch of `n_splits` key splits per (head, token), plus a combine launch when there are
-//! several.
+//! (kernels/attention_prefill.cu); the other tokens the decode kernels (kernels/attention.cu),
+//! chosen per token by its own context: up to `EXACT_KEYS` keys the CPU's exact f16 chain, beyond
+//! it flash-decoding (f32, `token_splits` key splits per token, all query heads of a KV head in
+//! one block) and an ordered combine of the splits.
 
 use kestrel_engine::{AttnGeom, Chunk};
 
 use crate::backend::{Arg, CudaBackend, CudaKv, CudaStep, CudaTensor};
 
-/// Largest head_dim the attention kernel takes (its per-thread accumulator size).
+/// Largest head_dim the attention kernels take (their shared-memory staging; `fd_heads`).
 pub const MAX_HEAD_DIM: usize = 512;
 
-/// Keys one split of the attention kernel takes at most before the work is split further: a
-/// split's keys are one f16 accumulation chain (sequential per key), so long contexts spread
-/// over many blocks; up to this many keys a token gets the CPU's exact chain.
-pub const SPLIT_KEYS: usize = 128;
-/// Most splits (kernels/attention.cu `ATT_MAX_SPLITS`).
-pub const MAX_SPLITS: usize = 64;
+/// Tokens with at most this many keys take the exact-chain kernel (kernels/attention.cu
+/// `attention_d*`): the CPU's arithmetic, one f16 accumulation chain over the keys in order, so
+/// short contexts (and every model test that compares op by op with the CPU) keep its bits. It
+/// is also fast there: 128 keys are one or two tiles of one block per head. Longer contexts
+/// take flash-decoding (`attn_fd_*`, f32).
+pub const EXACT_KEYS: usize = 128;
+/// Fewest keys a flash-decoding split takes (below it a split's fixed costs, loading Q and
+/// writing its partial, outweigh its keys).
+pub const FD_MIN_CHUNK: usize = 64;
+/// Most flash-decoding splits (kernels/attention.cu `ATT_MAX_SPLITS`): 128 × 8 KV heads fill
+/// the 132 SMs of an H100/H200 about 8 times over at batch 1.
+pub const MAX_SPLITS: usize = 128;
 
-/// How many splits attention runs with when a token of the step attends to `max_keys` keys: 1
-/// up to `SPLIT_KEYS` (the CPU's exact sequence of roundings), then a power of two so each split
-/// takes at most `SPLIT_KEYS` keys, up to `MAX_SPLITS`. A function of the step alone, so a
-/// recorded graph is keyed by it (one graph per bucket and power of two as a context grows).
-pub fn splits(max_keys: usize) -> usize {
-    if max_keys <= SPLIT_KEYS {
+/// Splits of a token that attends to `n_keys` keys (kernels/attention.cu `fd_splits`): a
+/// function of its own context alone, so its bits do not depend on the step (batch invariance);
+/// 1 where it takes the exact kernel.
+pub fn token_splits(n_keys: usize) -> usize {
+    if n_keys <= EXACT_KEYS {
         1
     } else {
-        max_keys
-            .div_ceil(SPLIT_KEYS)
-            .next_power_of_two()
-            .min(MAX_SPLITS)
+        n_keys.div_ceil(FD_MIN_CHUNK).min(MAX_SPLITS)
     }
+}
+
+/// grid.z of the flash-decoding launch for a step whose longest context is `max_keys` keys: at
+/// least every token's `token_splits`, rounded to a power of two so a growing context records a
+/// new graph only at each doubling (blocks beyond a token's own splits return at once).
+pub fn splits(max_keys: usize) -> usize {
+    token_splits(max_keys).next_power_of_two().min(MAX_SPLITS)
+}
+
+/// What a step's decode attention launches, for the graph key: the flash grid (`splits` of the
+/// longest context) times 2, plus 1 when some token may take the exact kernel (the shortest
+/// context has at most `EXACT_KEYS` keys; windows of at most that are per layer, fixed).
+pub fn launch_key(min_keys: usize, max_keys: usize) -> usize {
+    2 * splits(max_keys) + usize::from(min_keys <= EXACT_KEYS)
+}
+
+/// Query heads one flash-decoding block takes: the largest divisor of the GQA group up to 8
+/// (kernels/attention.cu `FD_MAXG`) whose f32 Q fits the block's 2048 floats (`FD_QS`; 4 heads
+/// at hd 512), so K/V rows are read once per block for all of them.
+pub fn fd_heads(group: usize, head_dim: usize) -> usize {
+    (1..=group.min(8))
+        .rev()
+        .find(|d| group.is_multiple_of(*d) && d * head_dim <= 2048)
+        .unwrap_or(1)
 }
 
 /// Runs shorter than this many query tokens take the decode kernel. Measured on the H200
@@ -300,7 +327,9 @@ pub fn attention(
     }
 }
 
-/// The decode kernel over `n` tokens: the first `n` of the step, or those listed at `rows`.
+/// The decode kernels over `n` tokens: the first `n` of the step, or those listed at `rows`.
+/// Each token takes the exact kernel or flash-decoding by its own number of keys (both are
+/// launched when the step may hold both kinds; each returns at once for the other's tokens).
 #[allow(clippy::too_many_arguments)]
 fn decode(
     b: &CudaBackend,
@@ -312,60 +341,105 @@ fn decode(
     n: usize,
     rows: u64,
 ) {
-    let n_splits = splits(step.max_keys);
-    let kernel = match g.head_dim {
-        0..=128 => "attention_d1",
-        129..=256 => "attention_d2",
-        _ => "attention_d4",
+    let window = g.window.filter(|&w| w > 0);
+    let short_window = window.is_some_and(|w| w <= EXACT_KEYS);
+    let win = window.map_or(0, |w| w as i32);
+    if step.min_keys <= EXACT_KEYS || short_window {
+        let kernel = match g.head_dim {
+            0..=128 => "attention_d1",
+            129..=256 => "attention_d2",
+            _ => "attention_d4",
+        };
+        b.launch_w(
+            kernel,
+            (g.n_head as u32, n as u32, 1),
+            (128, 1, 1),
+            0,
+            &[
+                Arg::Ptr(q.ptr),
+                Arg::Ptr(kv.k),
+                Arg::Ptr(kv.v),
+                Arg::Ptr(out.ptr),
+                Arg::Ptr(step.positions),
+                Arg::Ptr(step.seq_index),
+                Arg::Ptr(step.bt_off),
+                Arg::Ptr(step.bt_flat),
+                Arg::I32(g.n_head as i32),
+                Arg::I32(g.n_kv_head as i32),
+                Arg::I32(g.head_dim as i32),
+                Arg::I32(kv.kv_dim as i32),
+                Arg::I32(win),
+                Arg::F32(g.scale),
+                Arg::I32(EXACT_KEYS as i32),
+                Arg::Ptr(rows),
+            ],
+            (out.ptr, out.len() * 4),
+        );
+    }
+    if step.max_keys <= EXACT_KEYS || short_window {
+        return;
+    }
+    let zmax = splits(step.max_keys);
+    let gb = fd_heads(g.n_head / g.n_kv_head, g.head_dim);
+    // Pairs of output dims per thread (the f32 accumulator): gb × hd / 256.
+    let kernel = match (gb * g.head_dim).div_ceil(256) {
+        0..=1 => "attn_fd_1",
+        2 => "attn_fd_2",
+        3..=4 => "attn_fd_4",
+        _ => "attn_fd_8",
     };
     // Partials are indexed by token, so with a row list they cover the whole step.
     let n_part = if rows == 0 { n } else { step.n_tokens };
-    let part =
-        (n_splits > 1).then(|| b.scratch(n_part * g.n_head * n_splits * (g.head_dim + 2) * 4));
-    let part_ptr = part.as_ref().map_or(0, |p| p.ptr);
+    let part = b.scratch(n_part * g.n_head * zmax * (g.head_dim + 2) * 4);
     b.launch_w(
         kernel,
-        (g.n_head as u32, n as u32, n_splits as u32),
+        ((g.n_head / gb) as u32, n as u32, zmax as u32),
         (128, 1, 1),
         0,
         &[
             Arg::Ptr(q.ptr),
             Arg::Ptr(kv.k),
             Arg::Ptr(kv.v),
-            Arg::Ptr(out.ptr),
-            Arg::Ptr(part_ptr),
+            Arg::Ptr(part.ptr),
             Arg::Ptr(step.positions),
             Arg::Ptr(step.seq_index),
             Arg::Ptr(step.bt_off),
             Arg::Ptr(step.bt_flat),
             Arg::I32(g.n_head as i32),
             Arg::I32(g.n_kv_head as i32),
+            Arg::I32(gb as i32),
             Arg::I32(g.head_dim as i32),
             Arg::I32(kv.kv_dim as i32),
-            Arg::I32(g.window.map_or(0, |w| w as i32)),
+            Arg::I32(win),
             Arg::F32(g.scale),
-            Arg::I32(n_splits as i32),
+            Arg::I32(EXACT_KEYS as i32),
+            Arg::I32(FD_MIN_CHUNK as i32),
+            Arg::I32(MAX_SPLITS as i32),
+            Arg::I32(zmax as i32),
+            Arg::Ptr(rows),
+        ],
+        (part.ptr, part.len() * 4),
+    );
+    b.launch_w(
+        "attention_combine",
+        (g.n_head as u32, n as u32, 1),
+        (128, 1, 1),
+        0,
+        &[
+            Arg::Ptr(part.ptr),
+            Arg::Ptr(out.ptr),
+            Arg::Ptr(step.positions),
+            Arg::I32(g.n_head as i32),
+            Arg::I32(g.head_dim as i32),
+            Arg::I32(win),
+            Arg::I32(EXACT_KEYS as i32),
+            Arg::I32(FD_MIN_CHUNK as i32),
+            Arg::I32(MAX_SPLITS as i32),
+            Arg::I32(zmax as i32),
             Arg::Ptr(rows),
         ],
         (out.ptr, out.len() * 4),
     );
-    if let Some(part) = &part {
-        b.launch_w(
-            "attention_combine",
-            (g.n_head as u32, n as u32, 1),
-            (128, 1, 1),
-            0,
-            &[
-                Arg::Ptr(part.ptr),
-                Arg::Ptr(out.ptr),
-                Arg::I32(g.n_head as i32),
-                Arg::I32(g.head_dim as i32),
-                Arg::I32(n_splits as i32),
-                Arg::Ptr(rows),
-            ],
-            (out.ptr, out.len() * 4),
-        );
-    }
 }
 
 #[cfg(test)]
@@ -413,6 +487,46 @@ mod tests {
         let (runs, dec) = split_runs(&pos, &seq, &chunks, 4);
         assert_eq!(runs, vec![(0, 3), (3, 4)]);
         assert_eq!(dec, vec![7]);
+    }
+
+    #[test]
+    fn decode_splits_cover_every_token_of_the_step() {
+        // Each token's splits fit the grid sized for the longest context; below MAX_SPLITS its
+        // splits take at most FD_MIN_CHUNK keys and all but the last a full share.
+        for max in [1usize, 128, 129, 500, 4096, 8129, 16384, 20000, 1 << 20] {
+            let z = splits(max);
+            assert!(z.is_power_of_two() && z <= MAX_SPLITS, "{max}: {z}");
+            for n in [1, 64, 128, 129, 192, 1000, max / 2, max - 1, max] {
+                let n = n.clamp(1, max);
+                let s = token_splits(n);
+                assert!(s <= z, "{n} keys: {s} splits, grid {z}");
+                if n > EXACT_KEYS && s < MAX_SPLITS {
+                    assert!(n.div_ceil(s) <= FD_MIN_CHUNK, "{n} keys, {s} splits");
+                    assert!(n >= FD_MIN_CHUNK * (s - 1), "{n} keys, {s} splits");
+                }
+            }
+        }
+        assert_eq!(token_splits(EXACT_KEYS), 1);
+        assert_eq!(token_splits(EXACT_KEYS + 1), 3);
+        // The graph key tells apart steps that launch the exact kernel and those that do not.
+        assert_ne!(launch_key(5000, 5000), launch_key(5, 5000));
+        for (group, hd) in [
+            (1, 128),
+            (4, 128),
+            (8, 128),
+            (16, 128),
+            (8, 512),
+            (6, 96),
+            (8, 256),
+        ] {
+            let gb = fd_heads(group, hd);
+            assert!(
+                group.is_multiple_of(gb) && gb <= 8 && gb * hd <= 2048,
+                "{group} {hd}: {gb}"
+            );
+        }
+        assert_eq!(fd_heads(8, 512), 4);
+        assert_eq!(fd_heads(16, 128), 8);
     }
 
     #[test]
