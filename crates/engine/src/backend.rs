@@ -96,6 +96,11 @@ pub trait Backend {
     type Step;
 
     fn name(&self) -> String;
+    /// Prompt tokens per forward pass when the user names none (`--ubatch`).
+    fn default_ubatch(&self) -> usize {
+        // llama.cpp's default: the CPU's arithmetic follows it chunk by chunk.
+        512
+    }
     fn upload(&self, w: WeightRef) -> anyhow::Result<Self::Weight>;
     fn alloc(&self, rows: usize, cols: usize) -> Self::Tensor;
     fn alloc_kv(&self, n_slots: usize, kv_dim: usize) -> anyhow::Result<Self::Kv>;

@@ -49,9 +49,10 @@ pub struct Args {
     /// Repetitions per test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub reps: usize,
-    /// Prompt tokens per forward pass.
-    #[arg(long, default_value_t = 512)]
-    pub ubatch: usize,
+    /// Prompt tokens per forward pass (default: 512 on the CPU, as llama.cpp, whose arithmetic
+    /// the CPU follows; 2048 on a GPU, measured fastest).
+    #[arg(long)]
+    pub ubatch: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -101,6 +102,7 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
             })
             .collect()
     };
+    let ubatch = a.ubatch.unwrap_or(m.engine.backend.default_ubatch());
     let mut rows = Vec::new();
     for &depth in &a.depth {
         let suffix = if depth > 0 {
@@ -111,8 +113,8 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
         for &n in a.n_prompt.iter().filter(|&&n| n > 0) {
             let toks = tokens(n);
             let pre = tokens(depth);
-            let tps = measure(&mut m.engine, a.reps, &pre, a.ubatch, |e, seq| {
-                for chunk in toks.chunks(a.ubatch.max(1)) {
+            let tps = measure(&mut m.engine, a.reps, &pre, ubatch, |e, seq| {
+                for chunk in toks.chunks(ubatch.max(1)) {
                     run_chunk(e, seq, chunk, true)?;
                 }
                 Ok(n)
@@ -125,7 +127,7 @@ fn run_on<B: Backend>(a: Args, mut m: Loaded<B>) -> Result<()> {
         for &n in a.n_gen.iter().filter(|&&n| n > 0) {
             let toks = tokens(n);
             let pre = tokens(depth);
-            let tps = measure(&mut m.engine, a.reps, &pre, a.ubatch, |e, seq| {
+            let tps = measure(&mut m.engine, a.reps, &pre, ubatch, |e, seq| {
                 for &t in &toks {
                     run_chunk(e, seq, &[t], true)?;
                 }
