@@ -705,6 +705,7 @@ fn matmul_rows_are_the_same_bits_in_any_batch() {
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q5_0,
+        GgmlType::F16,
     ]
     .into_iter()
     .enumerate()
