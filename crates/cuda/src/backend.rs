@@ -1161,6 +1161,19 @@ impl Backend for CudaBackend {
         crate::ops::elementwise::scale_by(self, x, s)
     }
 
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        y: &CudaTensor,
+        w: Option<&CudaWeight>,
+        width: usize,
+        eps: f32,
+        scale: Option<&CudaWeight>,
+        tmp: &mut CudaTensor,
+    ) {
+        crate::ops::norm::add_rms_norm(self, x, y, w, width, eps, scale, tmp)
+    }
+
     fn scale(&self, x: &mut CudaTensor, c: f32) {
         crate::ops::elementwise::scale(self, x, c)
     }

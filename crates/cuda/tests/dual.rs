@@ -166,6 +166,36 @@ impl Backend for Dual {
         self.g.scale_by(&mut x.1, &s.1);
         self.check("scale_by", x);
     }
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        y: &Self::Tensor,
+        w: Option<&Self::Weight>,
+        width: usize,
+        eps: f32,
+        scale: Option<&Self::Weight>,
+        tmp: &mut Self::Tensor,
+    ) {
+        self.c.add_rms_norm(
+            &mut x.0,
+            &y.0,
+            w.map(|w| &w.0),
+            width,
+            eps,
+            scale.map(|s| &s.0),
+            &mut tmp.0,
+        );
+        self.g.add_rms_norm(
+            &mut x.1,
+            &y.1,
+            w.map(|w| &w.1),
+            width,
+            eps,
+            scale.map(|s| &s.1),
+            &mut tmp.1,
+        );
+        self.check(&format!("add_rms_norm width {width}"), x);
+    }
     fn scale(&self, x: &mut Self::Tensor, c: f32) {
         self.c.scale(&mut x.0, c);
         self.g.scale(&mut x.1, c);

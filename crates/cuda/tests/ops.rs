@@ -705,6 +705,7 @@ fn matmul_rows_are_the_same_bits_in_any_batch() {
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q5_0,
+        GgmlType::F16,
     ]
     .into_iter()
     .enumerate()
@@ -972,6 +973,116 @@ fn producers_and_shared_inputs_give_the_same_bits() {
         println!("{ty}: norm → 2 matmuls → silu → matmul, fused vs CPU {e:.2e}; stats {after:?}");
         assert!(e <= 1e-4, "{ty}: {e}");
     }
+}
+
+/// `add_rms_norm` (one launch: x = (x + rms_norm(y) · w) · s) gives the bits of rms_norm, add
+/// and scale_by, for the plain row kernel and the ones that also write the next matmul's 8-bit
+/// blocks of x (A32 for Q8_0, A256 for Q4_K): x itself, and a matmul reading x next (which takes
+/// the fused kernel's blocks), are the same bits as the separate ops with a fresh quantize.
+#[test]
+#[ignore = "needs CUDA"]
+fn fused_residual_norm_is_the_same_bits_as_separate_ops() {
+    let (g, cpu) = (gpu(), CpuBackend::new());
+    g.set_gemm_rows(kestrel_cuda::GemmRows::OFF);
+    let (n, d, rows) = (3, 2560, 256);
+    let mut r = rng(950);
+    let mut tensors = vec![
+        (
+            "norm".to_string(),
+            vec![d as u64],
+            GgmlType::F32,
+            f32_bytes(&normals(&mut r, d, 1.0)),
+        ),
+        ("s".into(), vec![1], GgmlType::F32, f32_bytes(&[0.37])),
+    ];
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        tensors.push((
+            format!("w{ty}"),
+            vec![d as u64, rows as u64],
+            ty,
+            random_weight(ty, rows, d, 0.05, &mut r),
+        ));
+    }
+    let f = gguf(&[], tensors);
+    let up = |name: &str| g.upload(wref(&f, name)).unwrap();
+    let (wn, ws) = (up("norm"), up("s"));
+    let x0 = normals(&mut r, n * d, 2.0);
+    let y = normals(&mut r, n * d, 5.0);
+    let mut fused_any = 0;
+    for ty in [None, Some(GgmlType::Q8_0), Some(GgmlType::Q4_K)] {
+        let w = ty.map(|t| up(&format!("w{t}")));
+        for scale in [None, Some(&ws)] {
+            let _ = g.begin_step(&simple_step(vec![0; n]));
+            // Prime the preferred 8-bit format (the last matmul's), as a decode step does.
+            let yg = gpu_in(&g, n, d, &y);
+            if let Some(w) = &w {
+                let mut o = gpu_out(&g, n, rows);
+                g.matmul(w, &yg, &mut o);
+            }
+            let before = g.quant_stats().produced;
+            let mut xf = gpu_in(&g, n, d, &x0);
+            let mut tmp = gpu_out(&g, n, d);
+            g.add_rms_norm(&mut xf, &yg, Some(&wn), d, 1e-6, scale, &mut tmp);
+            let produced = g.quant_stats().produced - before;
+            let mf = w.as_ref().map(|w| {
+                let mut o = gpu_out(&g, n, rows);
+                g.matmul(w, &xf, &mut o);
+                g.read(&o)
+            });
+            let xf = g.read(&xf);
+            // The separate ops, the blocks quantized from x afresh.
+            g.set_fused_producers(false);
+            let mut xs = gpu_in(&g, n, d, &x0);
+            let mut h = gpu_out(&g, n, d);
+            g.rms_norm(&yg, Some(&wn), d, 1e-6, &mut h);
+            g.add(&mut xs, &h);
+            if let Some(s) = scale {
+                g.scale_by(&mut xs, s);
+            }
+            let ms = w.as_ref().map(|w| {
+                let mut o = gpu_out(&g, n, rows);
+                g.matmul(w, &xs, &mut o);
+                g.read(&o)
+            });
+            g.set_fused_producers(true);
+            let xs = g.read(&xs);
+            let same = |a: &[f32], b: &[f32]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
+            };
+            let label = format!("next matmul {ty:?}, scale {}", scale.is_some());
+            assert!(same(&xf, &xs), "add_rms_norm ({label}): x differs");
+            if let (Some(mf), Some(ms)) = (&mf, &ms) {
+                assert!(
+                    same(mf, ms),
+                    "add_rms_norm ({label}): the matmul on x differs"
+                );
+            }
+            // And against the CPU's separate ops (the same rounding steps: bit for bit too).
+            let (mut xc, yc) = (cpu_in(&cpu, n, d, &x0), cpu_in(&cpu, n, d, &y));
+            let (wnc, wsc) = (
+                cpu.upload(wref(&f, "norm")).unwrap(),
+                cpu.upload(wref(&f, "s")).unwrap(),
+            );
+            let mut hc = cpu_out(&cpu, n, d);
+            cpu.add_rms_norm(
+                &mut xc,
+                &yc,
+                Some(&wnc),
+                d,
+                1e-6,
+                scale.map(|_| &wsc),
+                &mut hc,
+            );
+            let e = rel_err(&xf, &xc.data);
+            assert!(e <= 1e-6, "add_rms_norm ({label}) vs CPU: {e}");
+            fused_any += produced;
+            println!("add_rms_norm ({label}): same bits as the separate ops; blocks produced {produced}; vs CPU {e:.1e}");
+        }
+    }
+    assert!(
+        fused_any > 0,
+        "no fused launch wrote the next matmul's blocks"
+    );
 }
 
 #[test]

@@ -154,6 +154,27 @@ pub trait Backend {
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
     /// x *= s[0] (a one-element weight)
     fn scale_by(&self, x: &mut Self::Tensor, s: &Self::Weight);
+    /// A post-norm residual over whole rows: `x = (x + rms_norm(y) · w)`, then `x *= scale[0]`
+    /// when given; the same bits as `rms_norm` into `tmp`, `add` and `scale_by`, which is the
+    /// default. `tmp` is scratch of `y`'s shape whose contents are unspecified afterwards (a
+    /// backend may fuse the three ops into one launch and never write it).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        y: &Self::Tensor,
+        w: Option<&Self::Weight>,
+        width: usize,
+        eps: f32,
+        scale: Option<&Self::Weight>,
+        tmp: &mut Self::Tensor,
+    ) {
+        self.rms_norm(y, w, width, eps, tmp);
+        self.add(x, tmp);
+        if let Some(s) = scale {
+            self.scale_by(x, s);
+        }
+    }
     /// x *= c
     fn scale(&self, x: &mut Self::Tensor, c: f32);
     /// out[t] = src[t][col0 .. col0 + out.cols] (one layer's slice of a row of per-layer values)

@@ -122,8 +122,7 @@ pub fn forward<B: Backend>(
         dump(b, "attn_out", il, &o);
         drop(a);
         if let Some(pn) = &lw.post_attn_norm {
-            b.rms_norm(&o, Some(pn), d, eps, &mut h);
-            b.add(&mut x, &h);
+            b.add_rms_norm(&mut x, &o, Some(pn), d, eps, None, &mut h);
         } else {
             b.add(&mut x, &o);
         }
@@ -141,9 +140,12 @@ pub fn forward<B: Backend>(
         drop(u);
         b.matmul(&lw.down, &g, &mut o);
         dump(b, "ffn_out", il, &o);
+        // The layer's output scale rides on its last post-norm residual (one launch on CUDA).
+        let ple_here = ple.is_some() && lw.ple.is_some();
+        let mut out_scale = lw.out_scale.as_ref();
         if let Some(pn) = &lw.post_ffn_norm {
-            b.rms_norm(&o, Some(pn), d, eps, &mut h);
-            b.add(&mut x, &h);
+            let s = if ple_here { None } else { out_scale.take() };
+            b.add_rms_norm(&mut x, &o, Some(pn), d, eps, s, &mut h);
         } else {
             b.add(&mut x, &o);
         }
@@ -156,10 +158,10 @@ pub fn forward<B: Backend>(
             b.copy_cols(ple, il * p, &mut slice);
             b.gated_act(&mut gate, &slice, l.ffn);
             b.matmul(&pw.proj, &gate, &mut o);
-            b.rms_norm(&o, Some(&pw.post_norm), d, eps, &mut h);
-            b.add(&mut x, &h);
+            let s = out_scale.take();
+            b.add_rms_norm(&mut x, &o, Some(&pw.post_norm), d, eps, s, &mut h);
         }
-        if let Some(s) = &lw.out_scale {
+        if let Some(s) = out_scale {
             b.scale_by(&mut x, s);
         }
     }

@@ -158,9 +158,25 @@ fn units_per_row(ty: GgmlType, cols: usize) -> usize {
 /// power of two <= half the units), shorter ones with one unit per thread, a row spread over up
 /// to 4 warps (split-K inside the block) so that k/v-sized matrices still have enough loads in
 /// flight.
+///
+/// Q8_0 (a unit is 34 bytes with a cheap decode, so a thread wants more of them in flight) was
+/// measured apart (docs/benchmarks/cuda-matvec.md, E4B shapes): tall matrices are fastest with
+/// 4-7 units per thread (gate/up 10240 × 2560: G = 16 7.95 µs vs G = 32 8.65), and short ones
+/// with G capped so that rows × G stays within one wave of resident threads, 2^18 (down
+/// 2560 × 10240: G = 64 8.10 µs vs G = 128 9.78; k/v 512 rows keep 128).
+/// `KESTREL_CUDA_MV_SHAPE=v1` restores the rule before that (A/B).
 pub fn threads_per_row(ty: GgmlType, rows: usize, cols: usize) -> usize {
+    static V1: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let v1 = *V1.get_or_init(|| std::env::var("KESTREL_CUDA_MV_SHAPE").is_ok_and(|v| v == "v1"));
     let nu = units_per_row(ty, cols).max(1);
-    let g = if rows >= 4096 {
+    let g = if ty == GgmlType::Q8_0 && !v1 {
+        if rows >= 4096 {
+            1usize << (nu / 4).max(1).ilog2()
+        } else {
+            let wave = 1usize << (((1usize << 18) / rows.max(1)).max(1).ilog2());
+            nu.next_power_of_two().min(wave)
+        }
+    } else if rows >= 4096 {
         1usize << (nu / 2).max(1).ilog2()
     } else {
         nu.next_power_of_two()
