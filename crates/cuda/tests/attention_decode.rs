@@ -12,32 +12,13 @@ mod common;
 use std::cell::RefCell;
 
 use common::*;
-use kestrel_cpu::backend::CpuTensor;
 use kestrel_cpu::ops::attention::KvPool;
 use kestrel_cpu::CpuBackend;
 use kestrel_cuda::ops::attention::{splits, token_splits, EXACT_KEYS};
-use kestrel_cuda::{CudaBackend, CudaKv, CudaTensor};
+use kestrel_cuda::{CudaBackend, CudaKv};
 use kestrel_engine::{AttnGeom, Backend, StepInfo};
 use rand::rngs::StdRng;
 use rand::Rng;
-
-fn gpu_in(g: &CudaBackend, rows: usize, cols: usize, data: &[f32]) -> CudaTensor {
-    let mut t = g.alloc(rows, cols);
-    g.write(&mut t, data);
-    t
-}
-
-fn gpu_out(g: &CudaBackend, rows: usize, cols: usize) -> CudaTensor {
-    let mut t = g.alloc(rows, cols);
-    g.fill(&mut t, f32::NAN);
-    t
-}
-
-fn cpu_in(cpu: &CpuBackend, rows: usize, cols: usize, data: &[f32]) -> CpuTensor {
-    let mut t = cpu.alloc(rows, cols);
-    t.data.copy_from_slice(data);
-    t
-}
 
 /// One sequence per length, blocks scattered over the pool, every position's K/V written (on
 /// the GPU, and on the CPU when given) in one step. `kx`/`vx` row `base[s] + p` is position p of

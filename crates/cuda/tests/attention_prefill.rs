@@ -16,24 +16,11 @@ mod common;
 use std::cell::RefCell;
 
 use common::*;
-use kestrel_cpu::backend::CpuTensor;
 use kestrel_cpu::CpuBackend;
-use kestrel_cuda::{CudaBackend, CudaKv, CudaTensor};
+use kestrel_cuda::{CudaBackend, CudaKv};
 use kestrel_engine::{AttnGeom, Backend, Chunk, StepInfo};
 use rand::rngs::StdRng;
 use rand::Rng;
-
-fn gpu_in(g: &CudaBackend, rows: usize, cols: usize, data: &[f32]) -> CudaTensor {
-    let mut t = g.alloc(rows, cols);
-    g.write(&mut t, data);
-    t
-}
-
-fn cpu_in(cpu: &CpuBackend, rows: usize, cols: usize, data: &[f32]) -> CpuTensor {
-    let mut t = cpu.alloc(rows, cols);
-    t.data.copy_from_slice(data);
-    t
-}
 
 /// A sequence's cache: its block table and the K/V rows written so far, by position.
 struct Seq {

@@ -78,18 +78,6 @@ fn simple_step(n: usize) -> StepInfo {
     }
 }
 
-fn gpu_in(g: &CudaBackend, rows: usize, cols: usize, data: &[f32]) -> CudaTensor {
-    let mut t = g.alloc(rows, cols);
-    g.write(&mut t, data);
-    t
-}
-
-fn gpu_out(g: &CudaBackend, rows: usize, cols: usize) -> CudaTensor {
-    let mut t = g.alloc(rows, cols);
-    g.fill(&mut t, f32::NAN);
-    t
-}
-
 /// Exact product of the dequantized weight with x (f64 sums).
 fn exact_matmul(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
     let rb = ty.row_bytes(cols as u64).unwrap() as usize;
@@ -439,25 +427,6 @@ fn decode_steps_with_gemms_replay_as_graphs() {
 /// near tie (the margin test of tests/model.rs).
 const LOGIT_TOL: f64 = 6e-2;
 const TIE_SIGMAS: f32 = 4.0;
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
-    (a.iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        / a.len() as f64)
-        .sqrt() as f32
-}
 
 #[test]
 #[ignore = "needs CUDA"]

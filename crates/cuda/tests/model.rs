@@ -32,26 +32,6 @@ const LOGIT_TOL: f64 = 5e-2;
 const TIE_SIGMAS: f32 = 4.0;
 const N_GEN: usize = 16;
 
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// RMS of the difference of two logit vectors.
-fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
-    (a.iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        / a.len() as f64)
-        .sqrt() as f32
-}
-
 /// Whether the GPU's pick `tg` is a near tie with the CPU's pick `tc` in the CPU's logits `lc`,
 /// at the noise level of this step.
 fn near_tie(lc: &[f32], lg: &[f32], tc: u32, tg: u32) -> (bool, f32) {

@@ -33,27 +33,9 @@ const MATMUL_TYPES: [GgmlType; 13] = [
     GgmlType::Q6_K,
 ];
 
-fn cpu_in(cpu: &CpuBackend, rows: usize, cols: usize, data: &[f32]) -> CpuTensor {
-    let mut t = cpu.alloc(rows, cols);
-    t.data.copy_from_slice(data);
-    t
-}
-
 fn cpu_out(cpu: &CpuBackend, rows: usize, cols: usize) -> CpuTensor {
     let mut t = cpu.alloc(rows, cols);
     t.data.fill(f32::NAN);
-    t
-}
-
-fn gpu_in(g: &CudaBackend, rows: usize, cols: usize, data: &[f32]) -> CudaTensor {
-    let mut t = g.alloc(rows, cols);
-    g.write(&mut t, data);
-    t
-}
-
-fn gpu_out(g: &CudaBackend, rows: usize, cols: usize) -> CudaTensor {
-    let mut t = g.alloc(rows, cols);
-    g.fill(&mut t, f32::NAN);
     t
 }
 

@@ -7,7 +7,10 @@ pub mod synth;
 use std::sync::Arc;
 
 use half::{bf16, f16};
-use kestrel_engine::WeightRef;
+use kestrel_cpu::backend::CpuTensor;
+use kestrel_cpu::CpuBackend;
+use kestrel_cuda::{CudaBackend, CudaTensor};
+use kestrel_engine::{Backend, WeightRef};
 use kestrel_gguf::{GgmlType, GgufFile, GgufWriter};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -164,4 +167,42 @@ pub fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 /// The CUDA backend on GPU 0 (tests that call this are `#[ignore = "needs CUDA"]`).
 pub fn gpu() -> kestrel_cuda::CudaBackend {
     kestrel_cuda::CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e:#}"))
+}
+
+pub fn gpu_in(g: &CudaBackend, rows: usize, cols: usize, data: &[f32]) -> CudaTensor {
+    let mut t = g.alloc(rows, cols);
+    g.write(&mut t, data);
+    t
+}
+
+pub fn gpu_out(g: &CudaBackend, rows: usize, cols: usize) -> CudaTensor {
+    let mut t = g.alloc(rows, cols);
+    g.fill(&mut t, f32::NAN);
+    t
+}
+
+pub fn cpu_in(cpu: &CpuBackend, rows: usize, cols: usize, data: &[f32]) -> CpuTensor {
+    let mut t = cpu.alloc(rows, cols);
+    t.data.copy_from_slice(data);
+    t
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// RMS of the difference of two logit vectors.
+pub fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
+    (a.iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64)
+        .sqrt() as f32
 }
