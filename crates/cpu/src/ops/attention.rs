@@ -494,6 +494,44 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// Head `h` of token `t` (at position `t`, one sequence, two query heads per KV head, scale
+    /// 0.125) as a plain f64 softmax over the positions the window allows.
+    fn plain_softmax_head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        (n_head, hd, kv_dim): (usize, usize, usize),
+        t: usize,
+        h: usize,
+        window: Option<usize>,
+    ) -> Vec<f64> {
+        let kvh = h / 2;
+        let lo = window.map_or(0, |w| (t + 1).saturating_sub(w));
+        let qv = &q[(t * n_head + h) * hd..][..hd];
+        let scores: Vec<f64> = (lo..=t)
+            .map(|p| {
+                let kr = &k[p * kv_dim + kvh * hd..][..hd];
+                qv.iter()
+                    .zip(kr)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum::<f64>()
+                    * 0.125
+            })
+            .collect();
+        let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+        let z: f64 = e.iter().sum();
+        (0..hd)
+            .map(|d| {
+                (lo..=t)
+                    .zip(&e)
+                    .map(|(p, w)| w * v[p * kv_dim + kvh * hd + d] as f64)
+                    .sum::<f64>()
+                    / z
+            })
+            .collect()
+    }
+
     fn rand_vec(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).max(1);
         (0..n)
@@ -562,28 +600,9 @@ mod tests {
             }
             for t in 0..n_tok {
                 for h in 0..n_head {
-                    let kvh = h / 2;
-                    let lo = window.map_or(0, |w| (t + 1).saturating_sub(w));
-                    let qv = &q[(t * n_head + h) * hd..][..hd];
-                    let scores: Vec<f64> = (lo..=t)
-                        .map(|p| {
-                            let kr = &k[p * kv_dim + kvh * hd..][..hd];
-                            qv.iter()
-                                .zip(kr)
-                                .map(|(a, b)| (*a as f64) * (*b as f64))
-                                .sum::<f64>()
-                                * 0.125
-                        })
-                        .collect();
-                    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for d in 0..hd {
-                        let want: f64 = (lo..=t)
-                            .zip(&e)
-                            .map(|(p, w)| w * v[p * kv_dim + kvh * hd + d] as f64)
-                            .sum::<f64>()
-                            / z;
+                    let want = plain_softmax_head(&q, &k, &v, (n_head, hd, kv_dim), t, h, window);
+                    for (d, want) in want.iter().enumerate() {
+                        let want = *want;
                         let got = out[(t * n_head + h) * hd + d] as f64;
                         assert!(
                             (got - want).abs() < tol,
@@ -638,28 +657,9 @@ mod tests {
             attention(&q, &pool, &g, &rows, &mut out);
             for t in (0..n_tok).step_by(7) {
                 for h in 0..n_head {
-                    let kvh = h / 2;
-                    let lo = window.map_or(0, |w| (t + 1).saturating_sub(w));
-                    let qv = &q[(t * n_head + h) * hd..][..hd];
-                    let scores: Vec<f64> = (lo..=t)
-                        .map(|p| {
-                            let kr = &k[p * kv_dim + kvh * hd..][..hd];
-                            qv.iter()
-                                .zip(kr)
-                                .map(|(a, b)| (*a as f64) * (*b as f64))
-                                .sum::<f64>()
-                                * 0.125
-                        })
-                        .collect();
-                    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for d in 0..hd {
-                        let want: f64 = (lo..=t)
-                            .zip(&e)
-                            .map(|(p, w)| w * v[p * kv_dim + kvh * hd + d] as f64)
-                            .sum::<f64>()
-                            / z;
+                    let want = plain_softmax_head(&q, &k, &v, (n_head, hd, kv_dim), t, h, window);
+                    for (d, want) in want.iter().enumerate() {
+                        let want = *want;
                         let got = out[(t * n_head + h) * hd + d] as f64;
                         assert!(
                             (got - want).abs() < 2e-3,
