@@ -279,7 +279,7 @@ pub fn repacked_row_bytes(ty: GgmlType, cols: usize) -> usize {
     a16(raw)
 }
 
-/// Q6_K rows → the layout of kernels/matvec.cu `mv_q6_kr`: per row, for each block b and unit
+/// Q6_K rows → the layout of kernels/mv.cu `mv_q6_kr`: per row, for each block b and unit
 /// u = 2h + g (h, g in 0..2): ql[64h + 16g .. +16], ql[64h + 32 + 16g .. +16], qh[32h + 16g .. +16]
 /// (48 bytes); then every block's 16 scales; then every block's f16 d; padded to 16 bytes.
 pub fn repack_q6_k(src: &[u8], rows: usize, cols: usize) -> Vec<u8> {
