@@ -64,6 +64,8 @@ def main():
     ap.add_argument("-c", "--clients", type=int, default=64)
     ap.add_argument("-n", "--requests", type=int, default=256)
     ap.add_argument("--prompt-words", type=int, default=100)
+    ap.add_argument("--shared-prefix-words", type=int, default=0,
+                    help="words every prompt starts with (a shared system prompt: prefix reuse)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", action="store_true")
@@ -81,7 +83,8 @@ def main():
                 i = started[0]
                 started[0] += 1
             # Distinct prompts, so no two requests are the same work.
-            words = " ".join(f"w{(i * 7919 + k) % 997}" for k in range(a.prompt_words))
+            shared = " ".join(f"s{k % 997}" for k in range(a.shared_prefix_words))
+            words = shared + " " + " ".join(f"w{(i * 7919 + k) % 997}" for k in range(a.prompt_words))
             body = json.dumps({
                 "prompt": words, "max_tokens": a.max_tokens, "temperature": 0,
                 "stream": True, "stream_options": {"include_usage": True},

@@ -1211,12 +1211,14 @@ impl Backend for CudaBackend {
     /// Tokens of chunks that take the prefill attention kernel get the same attention bits in
     /// any chunk and step (its key tiles are aligned to absolute positions and each row's
     /// arithmetic is its own); shorter chunks take the decode kernel, whose key splits follow
-    /// the step's longest context. The matvecs are batch-invariant, but the GEMM path is not
+    /// the step's longest context. The matvecs are batch-invariant; the GEMM path is not
     /// (whether a matmul takes it follows the step's row count, and cuBLAS picks its algorithm,
-    /// so its summation order, by shape): with it on, nothing is promised. Assumes the model's
-    /// head dims have a prefill kernel (64, 128, 256, 512).
+    /// so its summation order, by shape), so with it on a token's bits already depend on its
+    /// step's neighbours and sharing prefix blocks adds nothing new (the trait's looser reading):
+    /// prefix reuse stays on. Assumes the model's head dims have a prefill kernel (64, 128, 256,
+    /// 512).
     fn chunk_invariant(&self, chunk: Chunk) -> bool {
-        self.gemm_rows() == crate::GemmRows::OFF && chunk.len as usize >= self.prefill_min()
+        chunk.len as usize >= self.prefill_min()
     }
 
     fn read(&self, x: &CudaTensor) -> Vec<f32> {

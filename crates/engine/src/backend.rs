@@ -200,7 +200,10 @@ pub trait Backend {
 
     /// Whether a token computed as part of `chunk` gets the same bits as in every other chunk
     /// this is true for, so its K/V can be shared with other requests (prefix reuse) without
-    /// changing any answer. The default suits a backend whose arithmetic is per token.
+    /// changing any answer. A backend whose bits already follow what shares a step (the GPU's
+    /// GEMM path) answers whether the token takes the same kernels in every such chunk: sharing
+    /// then adds no variation its neighbours don't already cause. The default suits a backend
+    /// whose arithmetic is per token.
     fn chunk_invariant(&self, _chunk: Chunk) -> bool {
         true
     }
