@@ -313,23 +313,6 @@ fn prefill_attention_matches_exact_and_cpu() {
     }
 }
 
-/// Median seconds per call of `f`, from CUDA-graph replays of `n` calls (no launch gaps).
-fn graph_time(g: &CudaBackend, n: usize, f: impl Fn()) -> f64 {
-    let graph = g.record(|| (0..n).for_each(|_| f())).expect("recording");
-    graph.launch().expect("replay");
-    g.synchronize();
-    let mut ts: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            graph.launch().expect("replay");
-            g.synchronize();
-            t.elapsed().as_secs_f64() / n as f64
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
-    ts[2]
-}
-
 /// One sequence whose cache holds `ctx` random K/V rows (positions 0..ctx).
 fn filled_cache(g: &CudaBackend, kv_dim: usize, ctx: usize, r: &mut StdRng) -> (CudaKv, Vec<u32>) {
     let table: Vec<u32> = (0..ctx.div_ceil(16) as u32).collect();
@@ -388,7 +371,7 @@ fn time_run(
     let sg = g.begin_step(&s);
     let q = gpu_in(g, n, qd, &normals(r, n * qd, 1.5));
     let out = RefCell::new(g.alloc(n, qd));
-    graph_time(g, reps, || {
+    graph_time(g, reps, |_| {
         g.attention(&q, kv, geom, &sg, &mut out.borrow_mut())
     })
 }

@@ -34,7 +34,7 @@ use common::*;
 use half::bf16;
 use kestrel_cpu::CpuBackend;
 use kestrel_cuda::{CudaBackend, CudaTensor, CudaWeight, GemmRows, GraphMode};
-use kestrel_engine::{Backend, BatchEntry, Engine, EngineConfig, StepInfo};
+use kestrel_engine::{Backend, BatchEntry, Engine, EngineConfig};
 use kestrel_gguf::GgmlType;
 
 const TYPES: [GgmlType; 13] = [
@@ -63,18 +63,6 @@ fn cols_for(ty: GgmlType) -> usize {
         1 => 1003,
         32 => 800,
         _ => 768 + 256 * 2, // 1280 = 5 blocks of 256
-    }
-}
-
-fn simple_step(n: usize) -> StepInfo {
-    StepInfo {
-        tokens: vec![0; n],
-        positions: (0..n as u32).collect(),
-        slots: (0..n as u32).collect(),
-        seq_index: vec![0; n],
-        block_tables: vec![(0..n.div_ceil(16) as u32).collect()],
-        logit_rows: vec![n as u32 - 1],
-        ..Default::default()
     }
 }
 
@@ -149,14 +137,14 @@ fn check_dequant(g: &CudaBackend, label: &str) {
 #[ignore = "needs CUDA"]
 fn dequantize_to_bf16_is_exact_for_every_type() {
     let g = gpu();
-    let _ = g.begin_step(&simple_step(1));
+    let _ = g.begin_step(&simple_step(vec![0; 1]));
     check_dequant(&g, "repacked");
     drop(g);
     // GGUF's own Q6_K / Q8_0 rows (the layout without the 16-byte matvecs).
     std::env::set_var("KESTREL_CUDA_FAST_MATVEC", "0");
     let g = gpu();
     std::env::remove_var("KESTREL_CUDA_FAST_MATVEC");
-    let _ = g.begin_step(&simple_step(1));
+    let _ = g.begin_step(&simple_step(vec![0; 1]));
     check_dequant(&g, "gguf-layout");
 }
 
@@ -192,7 +180,7 @@ fn check_matmul(
     }
     let mut fails = Vec::new();
     for &n in ns {
-        let _ = g.begin_step(&simple_step(n));
+        let _ = g.begin_step(&simple_step(vec![0; n]));
         let x = normals(&mut r, n * cols, 1.0);
         let xg = gpu_in(g, n, cols, &x);
         let mut xc = cpu.alloc(n, cols);
@@ -267,23 +255,6 @@ fn gemm_every_type_against_exact_and_cpu() {
     );
 }
 
-/// Median seconds per call of `f`, from CUDA-graph replays of `n` calls (no launch gaps).
-fn graph_time(g: &CudaBackend, n: usize, f: impl Fn(usize)) -> f64 {
-    let graph = g.record(|| (0..n).for_each(&f)).expect("recording");
-    graph.launch().expect("replay");
-    g.synchronize();
-    let mut ts: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            graph.launch().expect("replay");
-            g.synchronize();
-            t.elapsed().as_secs_f64() / n as f64
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
-    ts[2]
-}
-
 #[test]
 #[ignore = "needs CUDA"]
 fn gemm_records_into_a_cuda_graph() {
@@ -315,7 +286,7 @@ fn gemm_records_into_a_cuda_graph() {
             if cached {
                 g.cache_weights(&[&w], 0);
             }
-            let _ = g.begin_step(&simple_step(n));
+            let _ = g.begin_step(&simple_step(vec![0; n]));
             let xg = gpu_in(&g, n, cols, &x);
             let mut o = gpu_out(&g, n, rows);
             g.matmul(&w, &xg, &mut o);
@@ -574,7 +545,7 @@ fn gemm_crossover_report() {
         let rep = g.cache_weights(&resident.iter().collect::<Vec<_>>(), 0);
         assert_eq!(rep.cached, copies);
         for n in [1usize, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 512] {
-            let _ = g.begin_step(&simple_step(n));
+            let _ = g.begin_step(&simple_step(vec![0; n]));
             let x = gpu_in(&g, n, cols, &normals(&mut r, n * cols, 1.0));
             let out = RefCell::new(gpu_out(&g, n, rows));
             let time = |ws: &[CudaWeight], gemm: bool| {
@@ -670,7 +641,7 @@ fn prefill_matmul_report() {
             .collect();
         let all: Vec<&CudaWeight> = ws.iter().flatten().collect();
         g.cache_weights(&all, 0);
-        let _ = g.begin_step(&simple_step(n));
+        let _ = g.begin_step(&simple_step(vec![0; n]));
         let h = gpu_in(&g, n, d, &normals(&mut r, n * d, 1.0));
         let a = gpu_in(&g, n, qd, &normals(&mut r, n * qd, 1.0));
         let act = gpu_in(&g, n, ff, &normals(&mut r, n * ff, 1.0));

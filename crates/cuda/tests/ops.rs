@@ -39,20 +39,6 @@ fn cpu_out(cpu: &CpuBackend, rows: usize, cols: usize) -> CpuTensor {
     t
 }
 
-/// One sequence of `n` tokens at positions 0..n in blocks 0, 1, ...
-fn simple_step(tokens: Vec<u32>) -> StepInfo {
-    let n = tokens.len();
-    StepInfo {
-        positions: (0..n as u32).collect(),
-        slots: (0..n as u32).collect(),
-        seq_index: vec![0; n],
-        block_tables: vec![(0..n.div_ceil(16) as u32).collect()],
-        logit_rows: vec![n as u32 - 1],
-        tokens,
-        ..Default::default()
-    }
-}
-
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -1227,23 +1213,6 @@ fn attention_splits_long_contexts() {
             "attention lens {lens:?}: GPU {e_gpu} vs CPU {e_cpu}"
         );
     }
-}
-
-/// Median seconds per call of `f`, from CUDA-graph replays of `n` calls (no launch gaps).
-fn graph_time(g: &CudaBackend, n: usize, f: impl Fn(usize)) -> f64 {
-    let graph = g.record(|| (0..n).for_each(&f)).expect("recording");
-    graph.launch().expect("replay");
-    g.synchronize();
-    let mut ts: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            graph.launch().expect("replay");
-            g.synchronize();
-            t.elapsed().as_secs_f64() / n as f64
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
-    ts[2]
 }
 
 /// Not a check: the achieved weight-read bandwidth of the matvecs (quantized input cached, so

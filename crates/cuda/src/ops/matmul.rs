@@ -850,72 +850,59 @@ mod tests {
         }
     }
 
-    #[test]
-    fn q8_0_repacked_kernel_math_matches_the_reference() {
-        let mut r = Rng(0x5555_aaaa);
+    /// A repacked A32-pair type's kernel math, one block at a time, against the reference dot:
+    /// `unit` gives block `u` of a repacked row (`nb` blocks) as the two 16-value halves of its
+    /// signed codes and its scale, as the kernel decodes them.
+    fn check_repacked_a32(
+        ty: GgmlType,
+        seed: u64,
+        unit: impl Fn(&[u8], usize, usize) -> ([i32; 4], [i32; 4], f32),
+    ) {
+        let mut r = Rng(seed);
         let (rows, cols) = (5, 96);
-        let w = weights(GgmlType::Q8_0, rows, cols, &mut r);
+        let w = weights(ty, rows, cols, &mut r);
         let x: Vec<f32> = (0..cols).map(|_| r.f()).collect();
         let mut xq = vec![0u8; cols / 32 * Q8_1_BYTES];
         quant::quantize_q8_1(&x, &mut xq);
-        let rp = repack(GgmlType::Q8_0, &w, rows, cols);
-        let (nb, stride) = (cols / 32, repacked_row_bytes(GgmlType::Q8_0, cols));
+        let rp = repack(ty, &w, rows, cols);
+        let (nb, stride) = (cols / 32, repacked_row_bytes(ty, cols));
+        let block_bytes = ty.row_bytes(32).unwrap() as usize;
         for row in 0..rows {
             let wr = &rp[row * stride..];
             let mut acc = 0f64;
             for u in 0..nb {
-                let (q0, q1) = (i8x16(&wr[32 * u..]), i8x16(&wr[32 * u + 16..]));
-                let dw = h(&wr[nb * 32 + 2 * u..]);
+                let (q0, q1, dw) = unit(wr, nb, u);
                 let blk = &xq[u * Q8_1_BYTES..];
                 let i = dot16(&q0, &i8x16(&blk[4..])) + dot16(&q1, &i8x16(&blk[20..]));
                 acc += (dw * h(blk)) as f64 * i as f64;
             }
-            let want = reference(
-                GgmlType::Q8_0,
-                &w[row * nb * 34..(row + 1) * nb * 34],
-                &xq,
-                cols,
-            );
+            let bytes = nb * block_bytes;
+            let want = reference(ty, &w[row * bytes..(row + 1) * bytes], &xq, cols);
             assert!(
                 (acc - want).abs() <= 1e-4 * want.abs().max(1.0),
-                "row {row}: {acc} vs {want}"
+                "{ty} row {row}: {acc} vs {want}"
             );
         }
     }
 
     #[test]
+    fn q8_0_repacked_kernel_math_matches_the_reference() {
+        // Per row: every block's 32 codes, then every block's f16 scale.
+        check_repacked_a32(GgmlType::Q8_0, 0x5555_aaaa, |wr, nb, u| {
+            let (q0, q1) = (i8x16(&wr[32 * u..]), i8x16(&wr[32 * u + 16..]));
+            (q0, q1, h(&wr[nb * 32 + 2 * u..]))
+        });
+    }
+
+    #[test]
     fn q4_0_repacked_kernel_math_matches_the_reference() {
-        let mut r = Rng(0x7777_1111);
-        let (rows, cols) = (5, 96);
-        let w = weights(GgmlType::Q4_0, rows, cols, &mut r);
-        let x: Vec<f32> = (0..cols).map(|_| r.f()).collect();
-        let mut xq = vec![0u8; cols / 32 * Q8_1_BYTES];
-        quant::quantize_q8_1(&x, &mut xq);
-        let rp = repack(GgmlType::Q4_0, &w, rows, cols);
-        let (nb, stride) = (cols / 32, repacked_row_bytes(GgmlType::Q4_0, cols));
-        for row in 0..rows {
-            let wr = &rp[row * stride..];
-            let mut acc = 0f64;
-            for u in 0..nb {
-                let q = i8x16(&wr[16 * u..]).map(|v| v as u32);
-                let lo = q.map(|v| sub_bytes(v & 0x0F0F0F0F, 8));
-                let hi = q.map(|v| sub_bytes((v >> 4) & 0x0F0F0F0F, 8));
-                let dw = h(&wr[nb * 16 + 2 * u..]);
-                let blk = &xq[u * Q8_1_BYTES..];
-                let i = dot16(&lo, &i8x16(&blk[4..])) + dot16(&hi, &i8x16(&blk[20..]));
-                acc += (dw * h(blk)) as f64 * i as f64;
-            }
-            let want = reference(
-                GgmlType::Q4_0,
-                &w[row * nb * 18..(row + 1) * nb * 18],
-                &xq,
-                cols,
-            );
-            assert!(
-                (acc - want).abs() <= 1e-4 * want.abs().max(1.0),
-                "row {row}: {acc} vs {want}"
-            );
-        }
+        // Per row: every block's 16 nibble bytes (low nibbles first half), then the scales.
+        check_repacked_a32(GgmlType::Q4_0, 0x7777_1111, |wr, nb, u| {
+            let q = i8x16(&wr[16 * u..]).map(|v| v as u32);
+            let lo = q.map(|v| sub_bytes(v & 0x0F0F0F0F, 8));
+            let hi = q.map(|v| sub_bytes((v >> 4) & 0x0F0F0F0F, 8));
+            (lo, hi, h(&wr[nb * 16 + 2 * u..]))
+        });
     }
 
     #[test]

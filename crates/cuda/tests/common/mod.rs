@@ -10,7 +10,7 @@ use half::{bf16, f16};
 use kestrel_cpu::backend::CpuTensor;
 use kestrel_cpu::CpuBackend;
 use kestrel_cuda::{CudaBackend, CudaTensor};
-use kestrel_engine::{Backend, WeightRef};
+use kestrel_engine::{Backend, StepInfo, WeightRef};
 use kestrel_gguf::{GgmlType, GgufFile, GgufWriter};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -205,4 +205,35 @@ pub fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
         .sum::<f64>()
         / a.len() as f64)
         .sqrt() as f32
+}
+
+/// Median seconds per call of `f`, from CUDA-graph replays of `n` calls (no launch gaps).
+pub fn graph_time(g: &CudaBackend, n: usize, f: impl Fn(usize)) -> f64 {
+    let graph = g.record(|| (0..n).for_each(&f)).expect("recording");
+    graph.launch().expect("replay");
+    g.synchronize();
+    let mut ts: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            graph.launch().expect("replay");
+            g.synchronize();
+            t.elapsed().as_secs_f64() / n as f64
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    ts[2]
+}
+
+/// One sequence of `n` tokens at positions 0..n in blocks 0, 1, ...
+pub fn simple_step(tokens: Vec<u32>) -> StepInfo {
+    let n = tokens.len();
+    StepInfo {
+        positions: (0..n as u32).collect(),
+        slots: (0..n as u32).collect(),
+        seq_index: vec![0; n],
+        block_tables: vec![(0..n.div_ceil(16) as u32).collect()],
+        logit_rows: vec![n as u32 - 1],
+        tokens,
+        ..Default::default()
+    }
 }
