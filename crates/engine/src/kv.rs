@@ -13,9 +13,20 @@ use crate::backend::KV_BLOCK;
 /// A registered block stays findable after its last holder lets it go, until the pool hands
 /// it out again: free blocks are handed out least recently released first, so a popular
 /// prefix (a system prompt) survives between requests that don't overlap in time.
+///
+/// Taking a free registered block back (`share`) must not cost a scan of the free list (a long
+/// shared prompt re-takes hundreds of blocks from a pool of tens of thousands), so the list is
+/// lazy: an entry is `(block, stamp)` and counts only while the block is still free since that
+/// release (`freed_at[block] == stamp`); stale entries are skipped when met and dropped in bulk
+/// when they outnumber the pool.
 #[derive(Debug)]
 pub struct BlockPool {
-    free: VecDeque<u32>,
+    free: VecDeque<(u32, u64)>,
+    /// Per block: the stamp of its latest release (its valid free-list entry, when `refs` is 0).
+    freed_at: Vec<u64>,
+    /// Releases so far: the next stamp.
+    stamp: u64,
+    n_free: usize,
     /// Per block: sequences holding it.
     refs: Vec<u32>,
     /// Registered blocks by prefix hash ([`prefix_hashes`]), and each block's hash.
@@ -26,7 +37,10 @@ pub struct BlockPool {
 impl BlockPool {
     pub fn new(n_blocks: usize) -> Self {
         BlockPool {
-            free: (0..n_blocks as u32).collect(),
+            free: (0..n_blocks as u32).map(|b| (b, 0)).collect(),
+            freed_at: vec![0; n_blocks],
+            stamp: 1,
+            n_free: n_blocks,
             refs: vec![0; n_blocks],
             by_hash: HashMap::new(),
             hash_of: vec![None; n_blocks],
@@ -39,12 +53,18 @@ impl BlockPool {
 
     /// Blocks no sequence holds (registered ones included: they are reused or recycled).
     pub fn n_free(&self) -> usize {
-        self.free.len()
+        self.n_free
     }
 
     /// A block for new tokens (forgetting what it held).
     pub fn alloc(&mut self) -> Option<u32> {
-        let b = self.free.pop_front()?;
+        let b = loop {
+            let (b, at) = self.free.pop_front()?;
+            if self.refs[b as usize] == 0 && self.freed_at[b as usize] == at {
+                break b;
+            }
+        };
+        self.n_free -= 1;
         if let Some(h) = self.hash_of[b as usize].take() {
             self.by_hash.remove(&h);
         }
@@ -59,7 +79,10 @@ impl BlockPool {
             debug_assert!(*r > 0, "block {b} released more often than held");
             *r = r.saturating_sub(1);
             if *r == 0 {
-                self.free.push_back(b);
+                self.freed_at[b as usize] = self.stamp;
+                self.free.push_back((b, self.stamp));
+                self.stamp += 1;
+                self.n_free += 1;
             }
         }
     }
@@ -67,8 +90,13 @@ impl BlockPool {
     /// Hold a registered block (found with [`BlockPool::lookup`]) for one more sequence.
     pub fn share(&mut self, b: u32) {
         if self.refs[b as usize] == 0 {
-            if let Some(i) = self.free.iter().position(|&f| f == b) {
-                self.free.remove(i);
+            // Its free-list entry goes stale (refs > 0 now; a later release stamps a new one).
+            self.n_free -= 1;
+            if self.free.len() > 2 * self.refs.len() {
+                let (refs, freed_at) = (&self.refs, &self.freed_at);
+                self.free.retain(|&(f, at)| {
+                    f != b && refs[f as usize] == 0 && freed_at[f as usize] == at
+                });
             }
         }
         self.refs[b as usize] += 1;
@@ -191,5 +219,55 @@ mod tests {
         let order: Vec<u32> = (0..3).map(|_| pool.alloc().unwrap()).collect();
         assert_eq!(order, [a, b, c]);
         assert_eq!(pool.lookup(h[0]), None, "handed out again: forgotten");
+    }
+
+    /// The lazy free list hands out the same blocks in the same order as a plain list from which
+    /// `share` removes the block, over a long random run of alloc / share / release.
+    #[test]
+    fn lazy_free_list_matches_a_plain_one() {
+        let n = 12;
+        let mut pool = BlockPool::new(n);
+        let mut plain: VecDeque<u32> = (0..n as u32).collect();
+        let mut refs = vec![0u32; n];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = |m: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % m
+        };
+        for _ in 0..20_000 {
+            match rand(3) {
+                0 => {
+                    let got = pool.alloc();
+                    let want = plain.pop_front();
+                    assert_eq!(got, want);
+                    if let Some(b) = want {
+                        refs[b as usize] = 1;
+                    }
+                }
+                1 => {
+                    // Share any block, free or held (a registered prefix block).
+                    let b = rand(n) as u32;
+                    if refs[b as usize] == 0 {
+                        plain.retain(|&f| f != b);
+                    }
+                    refs[b as usize] += 1;
+                    pool.share(b);
+                }
+                _ => {
+                    let held: Vec<u32> = (0..n as u32).filter(|&b| refs[b as usize] > 0).collect();
+                    if let Some(&b) = held.get(rand(held.len().max(1))) {
+                        refs[b as usize] -= 1;
+                        if refs[b as usize] == 0 {
+                            plain.push_back(b);
+                        }
+                        pool.release([b]);
+                    }
+                }
+            }
+            assert_eq!(pool.n_free(), plain.len());
+            assert!(pool.free.len() <= 2 * n + 1, "stale entries are dropped");
+        }
     }
 }
