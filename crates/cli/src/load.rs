@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use kestrel_cpu::CpuBackend;
-use kestrel_cuda::CudaBackend;
+use kestrel_cuda::{CudaBackend, TablePlacement};
 use kestrel_engine::{Backend, Engine, EngineConfig};
 use kestrel_gguf::GgufFile;
 use kestrel_tokenizer::Tokenizer;
@@ -31,6 +31,19 @@ pub struct ContextArgs {
     /// per call).
     #[arg(long, value_enum, default_value_t = WeightCache::Auto)]
     pub weight_cache: WeightCache,
+    /// On a GPU, Gemma 4's per-layer-embedding table (several GB, a few rows read per step):
+    /// auto keeps it in GPU memory when it fits after the other weights, the KV cache and a
+    /// reserve, else in pinned host memory the GPU reads the step's rows from over PCIe.
+    #[arg(long, value_enum, default_value_t = Ple::Auto)]
+    pub ple: Ple,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ple {
+    #[default]
+    Auto,
+    Device,
+    Host,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,7 +105,7 @@ pub struct Loaded<B: Backend> {
     pub file: Arc<GgufFile>,
 }
 
-/// `load` on the GPU, then the bf16 weight cache (`--weight-cache`): the layer matrices, then,
+/// `load` on the GPU (reporting where a per-layer-embedding table went, `--ple`), then the bf16 weight cache (`--weight-cache`): the layer matrices, then,
 /// if memory remains, the output head (the GEMM path computes batched decode's logits), each
 /// reported in one line.
 pub fn load_gpu(
@@ -100,7 +113,15 @@ pub fn load_gpu(
     args: &ContextArgs,
     n_seqs: usize,
 ) -> Result<Loaded<CudaBackend>> {
+    gpu.set_table_placement(match args.ple {
+        Ple::Auto => TablePlacement::Auto,
+        Ple::Device => TablePlacement::Device,
+        Ple::Host => TablePlacement::Host,
+    });
     let m = load(gpu, args, n_seqs)?;
+    for t in m.engine.backend.table_reports() {
+        eprintln!("kestrel: {t}");
+    }
     if args.weight_cache == WeightCache::Auto {
         let b = &m.engine.backend;
         let w = m.engine.weights();

@@ -28,6 +28,7 @@ use crate::arena::{AllocId, Arena};
 use crate::kernels::MODULES;
 use crate::nvrtc;
 use crate::ops::matmul::{ActFmt, ActLayout};
+use crate::table::{HostTable, TablePlacement, TableReport};
 
 /// Initial activation arena size; it grows between steps as needed (see `arena.rs`).
 const INITIAL_ARENA: usize = 64 << 20;
@@ -88,6 +89,9 @@ pub struct CudaBackend {
     fuse_matmuls: bool,
     device_name: String,
     arch: String,
+    /// Where `upload_table` puts tables, and what it decided for each.
+    table_placement: Mutex<TablePlacement>,
+    tables: Mutex<Vec<TableReport>>,
 }
 
 /// Mutable per-step state besides the arena: the quantized-input cache.
@@ -176,7 +180,7 @@ struct StepBuf {
 /// A weight on the device: 2-D tensors in their GGUF block format; 1-D tensors (norms, biases,
 /// scales, RoPE factors) decoded to f32 at upload, as the CPU backend does.
 pub struct CudaWeight {
-    _buf: CudaSlice<u8>,
+    mem: WeightMem,
     pub(crate) ptr: u64,
     /// Storage type on the device (F32 for decoded 1-D tensors).
     pub(crate) ty: GgmlType,
@@ -190,9 +194,25 @@ pub struct CudaWeight {
     pub(crate) bf16: std::sync::OnceLock<crate::ops::gemm::Bf16Weight>,
 }
 
+/// What holds a weight's bytes (kept only to free them with it).
+enum WeightMem {
+    Device {
+        _buf: CudaSlice<u8>,
+    },
+    /// A table `upload_table` left in mapped host memory; `ptr` is its device address.
+    Host {
+        _table: HostTable,
+    },
+}
+
 impl CudaWeight {
     pub fn ty(&self) -> GgmlType {
         self.ty
+    }
+
+    /// Whether the device reads this weight from host memory over PCIe (`upload_table`).
+    pub fn in_host_memory(&self) -> bool {
+        matches!(self.mem, WeightMem::Host { .. })
     }
 
     /// The type id kernels decode rows by (dequant.cuh: repacked rows have their own).
@@ -429,7 +449,19 @@ impl CudaBackend {
             fuse_matmuls: !matches!(env("KESTREL_CUDA_FUSE").as_str(), "0" | "off" | "false"),
             device_name,
             arch,
+            table_placement: Mutex::new(TablePlacement::Auto),
+            tables: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Where tables uploaded from now on go (`kestrel --ple`; tests force each).
+    pub fn set_table_placement(&self, p: TablePlacement) {
+        *self.table_placement.lock().expect("lock") = p;
+    }
+
+    /// Where `upload_table` put each table so far, and why.
+    pub fn table_reports(&self) -> Vec<TableReport> {
+        self.tables.lock().expect("lock").clone()
     }
 
     /// Set how decode steps use CUDA graphs (tests compare `On` with `Pad`). Graphs already
@@ -821,6 +853,88 @@ impl CudaBackend {
     }
 }
 
+/// A weight's bytes in the layout the device keeps, before they are placed.
+struct Staged<'a> {
+    bytes: std::borrow::Cow<'a, [u8]>,
+    ty: GgmlType,
+    cols: usize,
+    rows: usize,
+    row_bytes: usize,
+    repacked: bool,
+}
+
+impl Staged<'_> {
+    fn into_weight(self, mem: WeightMem, ptr: u64) -> CudaWeight {
+        CudaWeight {
+            mem,
+            ptr,
+            ty: self.ty,
+            cols: self.cols,
+            rows: self.rows,
+            row_bytes: self.row_bytes,
+            repacked: self.repacked,
+            bf16: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl CudaBackend {
+    /// 1-D tensors decoded to f32, matrices checked and (for the 16-byte matvecs) repacked.
+    fn stage<'a>(&self, w: &'a WeightRef) -> Result<Staged<'a>> {
+        let cols = w.shape.first().copied().unwrap_or(1) as usize;
+        let rows = w.shape.get(1..).map_or(1, |s| s.iter().product::<u64>()) as usize;
+        self.bind();
+        let (bytes, ty): (std::borrow::Cow<[u8]>, GgmlType) = if w.shape.len() == 1 {
+            let mut v = vec![0f32; cols];
+            kestrel_gguf::quant::dequantize(w.ty, w.data(), &mut v)
+                .map_err(|e| anyhow!("cannot decode {}: {e}", w.name))?;
+            (
+                v.iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+                GgmlType::F32,
+            )
+        } else {
+            if !supports_matmul(w.ty) {
+                bail!("weight type {} is not supported by the CUDA backend", w.ty);
+            }
+            (w.data().into(), w.ty)
+        };
+        let mut row_bytes = ty
+            .row_bytes(cols as u64)
+            .ok_or_else(|| anyhow!("{}: {cols} columns are not whole {} blocks", w.name, ty))?
+            as usize;
+        if bytes.len() < row_bytes * rows {
+            bail!(
+                "{}: {} bytes, {rows} rows of {row_bytes} expected",
+                w.name,
+                bytes.len()
+            );
+        }
+        let repacked = self.fast_matvec && w.shape.len() > 1 && crate::ops::matmul::repacks(ty);
+        let bytes: std::borrow::Cow<[u8]> = if repacked {
+            let b = crate::ops::matmul::repack(ty, &bytes[..row_bytes * rows], rows, cols);
+            row_bytes = crate::ops::matmul::repacked_row_bytes(ty, cols);
+            b.into()
+        } else {
+            bytes
+        };
+        if w.shape.len() > 1 {
+            let mut st = self.state();
+            st.max_cols = st.max_cols.max(cols);
+        }
+        Ok(Staged {
+            bytes,
+            ty,
+            cols,
+            rows,
+            row_bytes,
+            repacked,
+        })
+    }
+}
+
 fn load_module(
     ctx: &Arc<CudaContext>,
     m: &crate::kernels::KernelModule,
@@ -872,64 +986,57 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, w: WeightRef) -> Result<CudaWeight> {
-        let cols = w.shape.first().copied().unwrap_or(1) as usize;
-        let rows = w.shape.get(1..).map_or(1, |s| s.iter().product::<u64>()) as usize;
-        self.bind();
-        let (bytes, ty): (std::borrow::Cow<[u8]>, GgmlType) = if w.shape.len() == 1 {
-            let mut v = vec![0f32; cols];
-            kestrel_gguf::quant::dequantize(w.ty, w.data(), &mut v)
-                .map_err(|e| anyhow!("cannot decode {}: {e}", w.name))?;
-            (
-                v.iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect::<Vec<u8>>()
-                    .into(),
-                GgmlType::F32,
-            )
-        } else {
-            if !supports_matmul(w.ty) {
-                bail!("weight type {} is not supported by the CUDA backend", w.ty);
-            }
-            (w.data().into(), w.ty)
-        };
-        let mut row_bytes = ty
-            .row_bytes(cols as u64)
-            .ok_or_else(|| anyhow!("{}: {cols} columns are not whole {} blocks", w.name, ty))?
-            as usize;
-        if bytes.len() < row_bytes * rows {
-            bail!(
-                "{}: {} bytes, {rows} rows of {row_bytes} expected",
-                w.name,
-                bytes.len()
-            );
-        }
-        let repacked = self.fast_matvec && w.shape.len() > 1 && crate::ops::matmul::repacks(ty);
-        let bytes: std::borrow::Cow<[u8]> = if repacked {
-            let b = crate::ops::matmul::repack(ty, &bytes[..row_bytes * rows], rows, cols);
-            row_bytes = crate::ops::matmul::repacked_row_bytes(ty, cols);
-            b.into()
-        } else {
-            bytes
-        };
-        if w.shape.len() > 1 {
-            let mut st = self.state();
-            st.max_cols = st.max_cols.max(cols);
-        }
+        let s = self.stage(&w)?;
         let buf = self
             .stream
-            .clone_htod(&bytes[..])
-            .map_err(|e| anyhow!("uploading {} ({} bytes): {e:?}", w.name, bytes.len()))?;
+            .clone_htod(&s.bytes[..])
+            .map_err(|e| anyhow!("uploading {} ({} bytes): {e:?}", w.name, s.bytes.len()))?;
         let ptr = slice_ptr(&buf, &self.stream);
-        Ok(CudaWeight {
-            _buf: buf,
-            ptr,
-            ty,
-            cols,
-            rows,
-            row_bytes,
-            repacked,
-            bf16: std::sync::OnceLock::new(),
-        })
+        Ok(s.into_weight(WeightMem::Device { _buf: buf }, ptr))
+    }
+
+    /// Device memory when the table fits (`table::table_on_device`), else mapped host memory;
+    /// the choice is reported in `table_reports`.
+    fn upload_table(&self, w: WeightRef) -> Result<CudaWeight> {
+        let s = self.stage(&w)?;
+        let placement = *self.table_placement.lock().expect("lock");
+        self.synchronize();
+        let free = cu::mem_get_info().map_or(0, |(free, _)| free);
+        let reserve = self.default_cache_reserve();
+        let bytes = s.bytes.len();
+        let mut placed = None;
+        if crate::table::table_on_device(placement, bytes, free, reserve) {
+            match self.stream.clone_htod(&s.bytes[..]) {
+                Ok(buf) => {
+                    let ptr = slice_ptr(&buf, &self.stream);
+                    placed = Some((WeightMem::Device { _buf: buf }, ptr));
+                }
+                // Free memory was a snapshot (another process may have taken some since): the
+                // slower home beats failing to load.
+                Err(_) if placement == TablePlacement::Auto => {}
+                Err(e) => bail!("uploading {} ({bytes} bytes): {e:?}", w.name),
+            }
+        }
+        let on_device = placed.is_some();
+        let (mem, ptr) = match placed {
+            Some(p) => p,
+            None => {
+                let (t, ptr) =
+                    HostTable::new(&self.ctx, &self.stream, &s.bytes).with_context(|| {
+                        format!("keeping {} ({bytes} bytes) in host memory", w.name)
+                    })?;
+                (WeightMem::Host { _table: t }, ptr)
+            }
+        };
+        self.tables.lock().expect("lock").push(TableReport {
+            name: w.name.to_string(),
+            bytes,
+            placement,
+            on_device,
+            free,
+            reserve,
+        });
+        Ok(s.into_weight(mem, ptr))
     }
 
     fn alloc(&self, rows: usize, cols: usize) -> CudaTensor {

@@ -8,7 +8,8 @@
 //!   device's exact `sm_XY` when the backend is created, and cached on disk by source hash and
 //!   arch (`nvrtc.rs`). All modules load up front, so a failure is an error from `new`.
 //! - **Memory**: weights are uploaded once, in their GGUF block formats (1-D tensors decoded to
-//!   f32; Q6_K and Q8_0 rows repacked for 16-byte loads, `ops/matmul.rs`); KV pools are f16,
+//!   f32; Q6_K and Q8_0 rows repacked for 16-byte loads, `ops/matmul.rs`), except a gathered
+//!   table that does not fit, kept in mapped host memory (`table.rs`); KV pools are f16,
 //!   `n_slots × kv_dim` per layer; activations come from a stack arena (`arena.rs`) reset by
 //!   `begin_step`; the step's metadata goes to one fixed device buffer with one host-to-device
 //!   copy (`begin_step`), and kernels read tokens, positions, slots and block tables from there.
@@ -26,9 +27,11 @@ mod backend;
 pub mod kernels;
 pub mod nvrtc;
 pub mod ops;
+mod table;
 
 pub use backend::{
     driver_available, supports_matmul, CudaBackend, CudaKv, CudaStep, CudaTensor, CudaWeight,
     GraphMode, QuantStats, GRAPH_BUCKETS,
 };
 pub use ops::gemm::{GemmRows, WeightCacheReport};
+pub use table::{table_on_device, TablePlacement, TableReport};

@@ -102,6 +102,13 @@ pub trait Backend {
         512
     }
     fn upload(&self, w: WeightRef) -> anyhow::Result<Self::Weight>;
+    /// `upload` for a table only `embed` reads (Gemma 4's per-layer-embedding table, often the
+    /// largest tensor of the model but read a few rows per step). Called after every other
+    /// weight and the KV pools, so a backend with its own memory can see what is left and keep
+    /// the table where it reads more slowly instead of failing to load.
+    fn upload_table(&self, w: WeightRef) -> anyhow::Result<Self::Weight> {
+        self.upload(w)
+    }
     fn alloc(&self, rows: usize, cols: usize) -> Self::Tensor;
     fn alloc_kv(&self, n_slots: usize, kv_dim: usize) -> anyhow::Result<Self::Kv>;
     fn begin_step(&self, step: &StepInfo) -> Self::Step;

@@ -80,7 +80,7 @@ impl<B: Backend> Engine<B> {
         config: EngineConfig,
         progress: &mut dyn FnMut(u64, u64),
     ) -> anyhow::Result<Self> {
-        let weights = weights::load(&backend, &spec, file, progress)?;
+        // The KV pools before the weights: `upload_table` then sees what memory they leave.
         let n_blocks = config.kv_tokens.div_ceil(KV_BLOCK).max(1);
         // One block past the pool's: the scratch block padding entries write to.
         let kv = spec
@@ -93,6 +93,7 @@ impl<B: Backend> Engine<B> {
                     .map(Some),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let weights = weights::load(&backend, &spec, file, progress)?;
         Ok(Engine {
             backend,
             spec,

@@ -77,7 +77,8 @@ impl<W> Weights<W> {
     }
 }
 
-/// Check every tensor the spec needs, then upload them. `progress` gets (done, total) bytes.
+/// Check every tensor the spec needs, then upload them, the per-layer-embedding table last
+/// (`Backend::upload_table`). `progress` gets (done, total) bytes.
 pub fn load<B: Backend>(
     backend: &B,
     spec: &ModelSpec,
@@ -88,50 +89,62 @@ pub fn load<B: Backend>(
     names.check(spec, f)?;
     let total = f.data_bytes();
     let mut done = 0u64;
-    let mut up = |name: &str| -> anyhow::Result<B::Weight> {
+    let mut upload = |name: &str, table: bool| -> anyhow::Result<B::Weight> {
         let t = f
             .tensor(name)
             .ok_or_else(|| anyhow::anyhow!("missing tensor {name:?}"))?;
-        let w = backend
-            .upload(WeightRef {
-                name,
-                ty: t.ty,
-                shape: &t.shape,
-                file: f,
-                range: {
-                    let start = (f.data_offset + t.offset) as usize;
-                    start..start + t.size as usize
-                },
-            })
-            .map_err(|e| e.context(format!("uploading tensor {name:?} ({})", t.ty)))?;
+        let w = WeightRef {
+            name,
+            ty: t.ty,
+            shape: &t.shape,
+            file: f,
+            range: {
+                let start = (f.data_offset + t.offset) as usize;
+                start..start + t.size as usize
+            },
+        };
+        let w = if table {
+            backend.upload_table(w)
+        } else {
+            backend.upload(w)
+        }
+        .map_err(|e| e.context(format!("uploading tensor {name:?} ({})", t.ty)))?;
         done += t.size;
         progress(done, total);
         Ok(w)
     };
+    let mut up = |name: &str| upload(name, false);
     let mut opt = |name: &Option<String>| -> anyhow::Result<Option<B::Weight>> {
         name.as_deref().map(&mut up).transpose()
     };
     let rope_freqs = opt(&names.rope_freqs)?;
-    let ple = match &names.ple {
-        Some(p) => Some(PleWeights {
-            token_embd: up(&p.token_embd)?,
-            model_proj: up(&p.model_proj)?,
-            proj_norm: up(&p.proj_norm)?,
-        }),
+    let ple_rest = match &names.ple {
+        Some(p) => Some((up(&p.model_proj)?, up(&p.proj_norm)?)),
         None => None,
     };
     let mut layers = Vec::with_capacity(spec.n_layer());
     for t in &names.layers {
         layers.push(load_layer(t, &mut up)?);
     }
+    let token_embd = up(&names.token_embd)?;
+    let output_norm = up(&names.output_norm)?;
+    let output = if spec.tied_output {
+        None
+    } else {
+        Some(up(&names.output)?)
+    };
+    let ple = match (&names.ple, ple_rest) {
+        (Some(p), Some((model_proj, proj_norm))) => Some(PleWeights {
+            token_embd: upload(&p.token_embd, true)?,
+            model_proj,
+            proj_norm,
+        }),
+        _ => None,
+    };
     Ok(Weights {
-        token_embd: up(&names.token_embd)?,
-        output_norm: up(&names.output_norm)?,
-        output: if spec.tied_output {
-            None
-        } else {
-            Some(up(&names.output)?)
-        },
+        token_embd,
+        output_norm,
+        output,
         rope_freqs,
         ple,
         layers,

@@ -61,6 +61,7 @@ pub fn run(a: Args) -> Result<()> {
         ctx: a.ctx.ctx,
         device: if on_gpu { Device::Cuda } else { Device::Cpu },
         weight_cache: a.ctx.weight_cache,
+        ple: a.ctx.ple,
     };
     let parallel = a.parallel.max(1);
     let config = ServerConfig {
