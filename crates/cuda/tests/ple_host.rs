@@ -89,15 +89,21 @@ fn first_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> Option<String> {
 #[test]
 #[ignore = "needs CUDA"]
 fn host_resident_ple_table_gives_the_device_resident_bits() {
+    let has_ple = |f: &Arc<GgufFile>| {
+        kestrel_model::spec_from_gguf(f)
+            .expect("spec")
+            .ple
+            .is_some()
+    };
     let mut files: Vec<(String, Arc<GgufFile>)> = oracle::oracle_files()
         .into_iter()
-        .filter(|o| o.model.starts_with("gemma4"))
         .map(|o| {
             let f = Arc::new(GgufFile::open(&o.path).expect("fixture"));
             (format!("{} {}", o.model, o.kind), f)
         })
+        .filter(|(_, f)| has_ple(f))
         .collect();
-    assert!(files.len() >= 2, "the Gemma 4 fixtures");
+    assert!(files.len() >= 2, "the Gemma 4 PLE fixtures (f32, q8_0)");
     if let Ok(p) = std::env::var("KESTREL_PLE_GGUF") {
         files.push((
             p.clone(),
