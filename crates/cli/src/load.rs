@@ -105,9 +105,9 @@ pub struct Loaded<B: Backend> {
     pub file: Arc<GgufFile>,
 }
 
-/// `load` on the GPU (reporting where a per-layer-embedding table went, `--ple`), then the bf16 weight cache (`--weight-cache`): the layer matrices, then,
-/// if memory remains, the output head (the GEMM path computes batched decode's logits), each
-/// reported in one line.
+/// `load` on the GPU (reporting where a per-layer-embedding table went, `--ple`), then the bf16
+/// weight cache (`--weight-cache`): the layer matrices, then, if memory remains, the output head
+/// (the GEMM path computes batched decode's logits), each reported in one line.
 pub fn load_gpu(
     gpu: CudaBackend,
     args: &ContextArgs,

@@ -518,8 +518,9 @@ impl CudaBackend {
         rep
     }
 
-    /// Free device memory minus what `cache_weights` should leave: the larger of 2 GiB and 5%
-    /// of the card (activation arena at large ubatches, scratch, cuBLAS, the driver's own).
+    /// Free device memory minus what `cache_weights` should leave (and what `upload_table`
+    /// leaves before it keeps a table on the device): the larger of 2 GiB and 5% of the card
+    /// (activation arena at large ubatches, scratch, cuBLAS, the driver's own).
     pub fn default_cache_reserve(&self) -> usize {
         let total = cudarc::driver::result::mem_get_info().map_or(0, |(_, t)| t);
         (2usize << 30).max(total / 20)
