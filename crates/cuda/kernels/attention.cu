@@ -14,7 +14,8 @@
 // exp(m_before - s) on a new maximum, else weight exp(s - m_before)), and the V accumulation,
 // sequential over the keys for each of a thread's dims (the f16 rounding chain).
 //
-// attn_fd_*: longer contexts, flash-decoding in f32 (below).
+// attn_fdt_* (head dims 64, 128, 256) and attn_fd_* (the others): longer contexts,
+// flash-decoding on tensor cores and in f32 FMAs (below).
 
 #define ATT_THREADS 128
 #define ATT_TILE 64

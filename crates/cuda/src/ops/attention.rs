@@ -2,8 +2,9 @@
 //! sequence (prompts, chunks of prompts) take the tensor-core flash-attention kernel
 //! (kernels/attention_prefill.cu); the other tokens the decode kernels (kernels/attention.cu),
 //! chosen per token by its own context: up to `EXACT_KEYS` keys the CPU's exact f16 chain, beyond
-//! it flash-decoding (f32, `token_splits` key splits per token, all query heads of a KV head in
-//! one block) and an ordered combine of the splits.
+//! it flash-decoding (`token_splits` key splits per token, all query heads of a KV head in one
+//! block: on tensor cores, `attn_fdt_*`, at head dims 64/128/256, else in f32 FMAs, `attn_fd_*`)
+//! and an ordered combine of the splits.
 
 use kestrel_engine::{AttnGeom, Chunk};
 
