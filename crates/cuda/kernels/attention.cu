@@ -14,7 +14,8 @@
 // exp(m_before - s) on a new maximum, else weight exp(s - m_before)), and the V accumulation,
 // sequential over the keys for each of a thread's dims (the f16 rounding chain).
 //
-// attn_fd_*: longer contexts, flash-decoding in f32 (below).
+// attn_fdt_* (head dims 64, 128, 256) and attn_fd_* (the others): longer contexts,
+// flash-decoding on tensor cores and in f32 FMAs (below).
 
 #define ATT_THREADS 128
 #define ATT_TILE 64
@@ -190,8 +191,8 @@ ATTENTION(attention_d4, 4)
 // grid = (n_head / gb, n_tokens (or the row list), zmax), ATT_THREADS threads. A block takes `gb`
 // query heads of one KV head (all of its GQA group up to FD_MAXG), so each K/V row is read once
 // for them, and one split of the token's keys. The token's split count depends on its own number
-// of keys alone (fd_splits: at least `min_chunk` keys a split, at most `max_splits` splits) and
-// split z takes the z-th of equal runs of them, so a token's bits do not depend on the step; grid.z
+// of keys alone (fd_splits: whole rounds of `unit` keys, at most `max_splits` splits) and
+// split z takes the z-th run of them, so a token's bits do not depend on the step; grid.z
 // is sized for the step's longest context and blocks beyond a token's splits return at once (one
 // captured graph serves every context up to that). Per tile of keys: K and V rows staged with
 // 16-byte asynchronous copies; scores for all (key, head) pairs at once (a thread per key and a
@@ -205,15 +206,21 @@ ATTENTION(attention_d4, 4)
 // Heads a thread scores per key: gb / (ATT_THREADS / kt) at most (kt = 64 keys: 8 / 2).
 #define FD_HPT 4
 
-__device__ __forceinline__ int fd_splits(int n_keys, int min_chunk, int max_splits) {
-    return min(max_splits, (n_keys + min_chunk - 1) / min_chunk);
+// A token's splits (ops/attention.rs `token_splits`): its keys in rounds of `unit`, at most
+// `max_splits` splits of whole rounds each (so no split ends in a sliver of a tile), every split
+// non-empty; `chunk` = keys per split (the last takes the rest).
+__device__ __forceinline__ int fd_splits(int n_keys, int unit, int max_splits, int* chunk) {
+    const int rounds = (n_keys + unit - 1) / unit;
+    const int rps = (rounds + min(max_splits, rounds) - 1) / min(max_splits, rounds);
+    *chunk = rps * unit;
+    return (rounds + rps - 1) / rps;
 }
 
 template <int NP>
 __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u16* vc, float* part,
                                           const u32* positions, const u32* seq_index, const u32* bt_off,
                                           const u32* bt_flat, int n_head, int n_kv_head, int gb, int hd, int kv_dim,
-                                          int window, float scale, int exact_keys, int min_chunk, int max_splits,
+                                          int window, float scale, int exact_keys, int unit, int max_splits,
                                           int zmax, const u32* rows) {
     __shared__ __align__(16) u16 ks[ATT_STAGE];
     __shared__ __align__(16) u16 vsh[ATT_STAGE];
@@ -229,11 +236,11 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
     const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
     const int n_keys = pos + 1 - lo;
     if (n_keys <= exact_keys) return;  // attention_d*'s token
-    const int ns = fd_splits(n_keys, min_chunk, max_splits);
+    int chunk;
+    const int ns = fd_splits(n_keys, unit, max_splits, &chunk);
     if (split >= ns) return;
-    const int chunk = (n_keys + ns - 1) / ns;
     const int k0 = lo + split * chunk;
-    const int k1 = min(pos + 1, k0 + chunk);  // k0 >= k1: an empty split (m = -inf, sum 0)
+    const int k1 = min(pos + 1, k0 + chunk);
     const u32* table = bt_flat + bt_off[seq_index[t]];
     // Q rounded to f16, as the exact kernel and the CPU do, kept in f32.
     for (int e = tid; e < gb * hd; e += ATT_THREADS) qs[e] = round_f16(q[((u64)t * n_head + h0) * hd + e]);
@@ -392,10 +399,10 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                   \
         name(const float* q, const u16* kc, const u16* vc, float* part, const u32* positions,                    \
              const u32* seq_index, const u32* bt_off, const u32* bt_flat, int n_head, int n_kv_head, int gb,     \
-             int hd, int kv_dim, int window, float scale, int exact_keys, int min_chunk, int max_splits,         \
+             int hd, int kv_dim, int window, float scale, int exact_keys, int unit, int max_splits,         \
              int zmax, const u32* rows) {                                                                        \
         attn_fd_t<NP>(q, kc, vc, part, positions, seq_index, bt_off, bt_flat, n_head, n_kv_head, gb, hd, kv_dim, \
-                      window, scale, exact_keys, min_chunk, max_splits, zmax, rows);                             \
+                      window, scale, exact_keys, unit, max_splits, zmax, rows);                             \
     }
 
 ATTN_FD(attn_fd_1, 1)
@@ -408,7 +415,7 @@ ATTN_FD(attn_fd_8, 8)
 // threads; a token of the exact kernel returns at once.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 attention_combine(const float* part, float* out, const u32* positions, int n_head, int hd, int window,
-                  int exact_keys, int min_chunk, int max_splits, int zmax, const u32* rows) {
+                  int exact_keys, int unit, int max_splits, int zmax, const u32* rows) {
     __shared__ float ws[ATT_MAX_SPLITS];
     __shared__ float inv_sh;
     PDL_START();
@@ -417,7 +424,8 @@ attention_combine(const float* part, float* out, const u32* positions, int n_hea
     const int pos = (int)positions[t];
     const int n_keys = window > 0 ? min(pos + 1, window) : pos + 1;
     if (n_keys <= exact_keys) return;
-    const int ns = fd_splits(n_keys, min_chunk, max_splits);
+    int chunk;
+    const int ns = fd_splits(n_keys, unit, max_splits, &chunk);
     const float* pp = part + ((u64)t * n_head + h) * zmax * (hd + 2);
     float M = -KS_INF;
     for (int i = 0; i < ns; ++i) M = fmaxf(M, pp[i * (hd + 2) + hd]);
@@ -439,3 +447,203 @@ attention_combine(const float* part, float* out, const u32* positions, int n_hea
         o[d] = v * inv_sh;
     }
 }
+
+// ---- Flash decoding on tensor cores: head dims 64, 128 and 256 ----
+// Same grid, splits and partials as attn_fd_* (attention_combine merges both), but the block's
+// 4 warps work independently: warp w takes keys [16 (w + 4 i), +16) of its split for i = 0, 1,
+// ..., each streamed into the warp's own ST-stage ring of shared memory by 16-byte cp.async
+// (ST - 1 stages in flight while one is used; no block barrier until the end), with its own
+// online softmax; the 4 warps' results merge in warp order at the end. Per 16 keys:
+// S = Q·Kᵀ by mma.sync m16n8k16 (A = Q, rows = the gb ≤ 8 heads, padded with zero rows; B = K
+// rows by ldmatrix), the softmax in f32 on the accumulators (a head's 16 scores sit in 4 lanes),
+// and Oᵀ += Vᵀ·Pᵀ (A = V by ldmatrix.trans, rows = dims; B = P straight from S's accumulators,
+// whose layout is B's). P goes in as two f16 terms, p_hi = f16(p) and p_lo = f16(p − p_hi),
+// so the weights keep ~22 bits, as f32 weights would to the test's bounds. Oᵀ's accumulators
+// hold dims × heads, so none is spent on padding rows. Q is rounded to f16 as everywhere.
+#define FDT_WARPS 4
+#define FDT_KEYS 16
+// Stages of a warp's ring (ops/attention.rs fdt_kernel sizes the shared memory). 3 measured no
+// faster at batch 1 and slower at 16 (fewer blocks per SM).
+#define FDT_STAGES 2
+
+template <int HD, int ST>
+__device__ __forceinline__ void attn_fdt(const float* q, const u16* kc, const u16* vc, float* part,
+                                         const u32* positions, const u32* seq_index, const u32* bt_off,
+                                         const u32* bt_flat, int n_head, int n_kv_head, int gb, int kv_dim,
+                                         int window, float scale, int exact_keys, int unit, int max_splits,
+                                         int zmax, const u32* rows) {
+    constexpr int RS = HD + 8;                  // a K or V row in shared memory, padded (ldmatrix banks)
+    constexpr int STAGE = 2 * FDT_KEYS * RS;  // one stage: 16 K rows, then 16 V rows
+    constexpr int NK = HD / 16;                 // k-steps of Q·Kᵀ = m-tiles of Oᵀ
+    constexpr int CH = HD / 8;                  // 16-byte chunks of a row
+    extern __shared__ __align__(16) u16 fdt_smem[];
+    __shared__ float mw[FDT_WARPS][8], lw[FDT_WARPS][8];
+    PDL_START();
+    const int split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
+    const int h0 = blockIdx.x * gb;
+    const int kvh = h0 / (n_head / n_kv_head);
+    const int pos = (int)positions[t];
+    const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
+    const int n_keys = pos + 1 - lo;
+    if (n_keys <= exact_keys) return;  // attention_d*'s token
+    int chunk;
+    const int ns = fd_splits(n_keys, unit, max_splits, &chunk);
+    if (split >= ns) return;
+    const int k0 = lo + split * chunk;
+    const int k1 = min(pos + 1, k0 + chunk);
+    const u32* table = bt_flat + bt_off[seq_index[t]];
+    u16* ring = fdt_smem + warp * ST * STAGE;
+    const u64 head_off = (u64)kvh * HD;
+    const int w0 = k0 + FDT_KEYS * warp;  // this warp's first key
+    const int n_st = w0 < k1 ? (k1 - w0 + FDT_WARPS * FDT_KEYS - 1) / (FDT_WARPS * FDT_KEYS) : 0;
+    // Stage i: K and V rows of keys w0 + 64 i ..; keys past the split's end copy its last key
+    // (finite values; their weights are exactly 0).
+    auto stage = [&](int i) {
+        u16* ks = ring + (i % ST) * STAGE;
+        const int p0 = w0 + FDT_WARPS * FDT_KEYS * i;
+#pragma unroll
+        for (int c = lane; c < FDT_KEYS * CH; c += 32) {
+            const int kk = c / CH, j = c % CH;
+            const int p = min(p0 + kk, k1 - 1);
+            const u64 g = ((u64)table[p >> 4] * 16 + (p & 15)) * kv_dim + head_off + 8 * j;
+            cp_async16(ks + kk * RS + 8 * j, kc + g);
+            cp_async16(ks + (FDT_KEYS + kk) * RS + 8 * j, vc + g);
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < ST - 1; ++i) {
+        if (i < n_st) stage(i);
+        cp_async_commit();
+    }
+    // Q as A fragments: head lane / 4 (zero past gb), dims 2 (lane % 4) + {0, 1} and + 8.
+    const int gq = lane >> 2, tq = lane & 3;
+    u32 qa[NK][2];
+    {
+        const float* qr = q + ((u64)t * n_head + h0 + min(gq, gb - 1)) * HD + 2 * tq;
+#pragma unroll
+        for (int kd = 0; kd < NK; ++kd) {
+            const float2 x = *(const float2*)(qr + 16 * kd), y = *(const float2*)(qr + 16 * kd + 8);
+            qa[kd][0] = gq < gb ? fa_pack(x.x, x.y) : 0u;
+            qa[kd][1] = gq < gb ? fa_pack(y.x, y.y) : 0u;
+        }
+    }
+    float acc[NK][4];
+#pragma unroll
+    for (int i = 0; i < NK; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    float m = -KS_INF, l = 0.0f;  // head gq's running maximum and sum
+    for (int i = 0; i < n_st; ++i) {
+        if (i + ST - 1 < n_st) stage(i + ST - 1);
+        cp_async_commit();
+        cp_async_wait_group<ST - 1>();  // stage i
+        __syncwarp();
+        const u16* lk = ring + (i % ST) * STAGE;
+        float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kd = 0; kd < NK; ++kd) {
+            u32 b0, b1, b2, b3;
+            fa_ldsm4(b0, b1, b2, b3, lk + ((lane & 7) + 8 * (lane >> 4)) * RS + 16 * kd + 8 * ((lane >> 3) & 1));
+            fa_mma(s[0], qa[kd][0], 0u, qa[kd][1], 0u, b0, b1);
+            fa_mma(s[1], qa[kd][0], 0u, qa[kd][1], 0u, b2, b3);
+        }
+        // Head gq's scores of keys p0 + 8 j + 2 tq + e in s[j][e] (e < 2).
+        const int p0 = w0 + FDT_WARPS * FDT_KEYS * i;
+        float x[4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                x[2 * j + e] = p0 + 8 * j + 2 * tq + e < k1 ? s[j][e] * scale : -KS_INF;
+        float mt = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+        const float mn = fmaxf(m, mt);
+        const float al = expf(m - mn);  // 0 on the warp's first stage (m = -inf)
+        float sum = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            x[e] = expf(x[e] - mn);
+            sum += x[e];
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        l = fmaf(l, al, sum);
+        m = mn;
+        // Oᵀ's columns are heads 2 tq and 2 tq + 1: their rescales come from lanes 8 tq, 8 tq + 4.
+        const float a0 = __shfl_sync(0xffffffffu, al, 8 * tq), a1 = __shfl_sync(0xffffffffu, al, 8 * tq + 4);
+#pragma unroll
+        for (int d = 0; d < NK; ++d) {
+            acc[d][0] *= a0;
+            acc[d][1] *= a1;
+            acc[d][2] *= a0;
+            acc[d][3] *= a1;
+        }
+        const u32 bh0 = fa_pack(x[0], x[1]), bh1 = fa_pack(x[2], x[3]);
+        const u32 bl0 = fa_pack(x[0] - h2f((u16)(bh0 & 0xFFFFu)), x[1] - h2f((u16)(bh0 >> 16)));
+        const u32 bl1 = fa_pack(x[2] - h2f((u16)(bh1 & 0xFFFFu)), x[3] - h2f((u16)(bh1 >> 16)));
+        const u16* lv = lk + FDT_KEYS * RS;
+#pragma unroll
+        for (int d = 0; d < NK; ++d) {
+            u32 a[4];
+            fa_ldsm4t(a[0], a[1], a[2], a[3], lv + ((lane & 7) + 8 * (lane >> 4)) * RS + 16 * d + 8 * ((lane >> 3) & 1));
+            fa_mma(acc[d], a[0], a[1], a[2], a[3], bh0, bh1);
+            fa_mma(acc[d], a[0], a[1], a[2], a[3], bl0, bl1);
+        }
+        __syncwarp();  // every lane is done with this stage before it is refilled
+    }
+    // Merge the warps in order: each writes its Oᵀ (as O[head][dim], f32) over its own ring.
+    cp_async_wait_group<0>();
+    __syncwarp();
+    float* ow = (float*)ring;
+    const int c0 = 2 * tq, c1 = 2 * tq + 1;
+#pragma unroll
+    for (int d = 0; d < NK; ++d) {
+        const int dd = 16 * d + gq;
+        if (c0 < gb) {
+            ow[c0 * HD + dd] = acc[d][0];
+            ow[c0 * HD + dd + 8] = acc[d][2];
+        }
+        if (c1 < gb) {
+            ow[c1 * HD + dd] = acc[d][1];
+            ow[c1 * HD + dd + 8] = acc[d][3];
+        }
+    }
+    if (tq == 0 && gq < gb) {
+        mw[warp][gq] = m;
+        lw[warp][gq] = l;
+    }
+    __syncthreads();
+    float* pp = part + ((u64)t * n_head + h0) * zmax * (HD + 2) + (u64)split * (HD + 2);
+    const u64 hstride = (u64)zmax * (HD + 2);
+    for (int e = tid; e < gb * HD; e += FDT_WARPS * 32) {
+        const int g = e / HD, d = e - g * HD;
+        float M = -KS_INF;
+#pragma unroll
+        for (int w = 0; w < FDT_WARPS; ++w) M = fmaxf(M, mw[w][g]);
+        float o = 0.0f, ls = 0.0f;
+#pragma unroll
+        for (int w = 0; w < FDT_WARPS; ++w) {
+            const float wt = mw[w][g] == -KS_INF ? 0.0f : expf(mw[w][g] - M);
+            o = fmaf(((const float*)(fdt_smem + w * ST * STAGE))[g * HD + d], wt, o);
+            ls = fmaf(lw[w][g], wt, ls);
+        }
+        pp[g * hstride + d] = o;
+        if (d == 0) {
+            pp[g * hstride + HD] = M;
+            pp[g * hstride + HD + 1] = ls;
+        }
+    }
+}
+
+#define ATTN_FDT(HD)                                                                                             \
+    extern "C" __global__ void __launch_bounds__(FDT_WARPS * 32) attn_fdt_##HD(                                  \
+        const float* q, const u16* kc, const u16* vc, float* part, const u32* positions, const u32* seq_index,   \
+        const u32* bt_off, const u32* bt_flat, int n_head, int n_kv_head, int gb, int hd, int kv_dim, int window, \
+        float scale, int exact_keys, int unit, int max_splits, int zmax, const u32* rows) {                      \
+        attn_fdt<HD, FDT_STAGES>(q, kc, vc, part, positions, seq_index, bt_off, bt_flat, n_head, n_kv_head, gb, kv_dim,  \
+                         window, scale, exact_keys, unit, max_splits, zmax, rows);                               \
+    }
+
+ATTN_FDT(64)
+ATTN_FDT(128)
+ATTN_FDT(256)

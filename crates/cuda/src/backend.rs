@@ -84,6 +84,7 @@ pub struct CudaBackend {
     sm_count: usize,
     /// Shared memory a block may opt in to (bytes): which prefill kernels fit on the device.
     smem_optin: usize,
+    fd_tune: Mutex<crate::ops::attention::FdTune>,
     /// Run matmuls that share an input (q/k/v, gate/up) as one launch where they can
     /// (`KESTREL_CUDA_FUSE=0` turns it off).
     fuse_matmuls: bool,
@@ -376,6 +377,17 @@ impl CudaBackend {
                     .map_err(|e| anyhow!("{name}: shared memory limit: {e:?}"))?;
             }
         }
+        // So do the tensor-core flash-decoding kernels' K/V pipelines.
+        for (name, bytes) in crate::ops::attention::fdt_kernels() {
+            if bytes + crate::ops::attention::FDT_STATIC_SMEM <= smem_optin {
+                funcs[name]
+                    .set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                    .map_err(|e| anyhow!("{name}: shared memory limit: {e:?}"))?;
+            }
+        }
         let mut arena = Arena::new(stream.clone());
         arena
             .reserve(INITIAL_ARENA)
@@ -398,6 +410,10 @@ impl CudaBackend {
         ctx.bind_to_thread()
             .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
         let gemm = crate::ops::gemm::GemmState::new(&stream);
+        let fd_tune = crate::ops::attention::FdTune {
+            tensor_cores: !matches!(env("KESTREL_CUDA_FD_TC").as_str(), "0" | "off" | "false"),
+            cap: env("KESTREL_CUDA_FD_SPLITS").parse().ok(),
+        };
         let prefill_min = match env("KESTREL_CUDA_PREFILL_MIN").as_str() {
             "0" | "off" | "false" => usize::MAX,
             v => v
@@ -446,6 +462,7 @@ impl CudaBackend {
             prefill_variant: Mutex::new(None),
             sm_count,
             smem_optin,
+            fd_tune: Mutex::new(fd_tune),
             fuse_matmuls: !matches!(env("KESTREL_CUDA_FUSE").as_str(), "0" | "off" | "false"),
             device_name,
             arch,
@@ -539,7 +556,17 @@ impl CudaBackend {
         *self.prefill_variant.lock().expect("lock")
     }
 
-    pub(crate) fn sm_count(&self) -> usize {
+    /// How flash-decoding runs from now on (kernel, split cap). For tests and benchmarks:
+    /// a change applies to steps recorded after it.
+    pub fn set_fd_tune(&self, t: crate::ops::attention::FdTune) {
+        *self.fd_tune.lock().expect("lock") = t;
+    }
+
+    pub fn fd_tune(&self) -> crate::ops::attention::FdTune {
+        *self.fd_tune.lock().expect("lock")
+    }
+
+    pub fn sm_count(&self) -> usize {
         self.sm_count
     }
 

@@ -5,6 +5,7 @@
 pub const COMMON: &str = include_str!("../kernels/common.cuh");
 pub const DEQUANT: &str = include_str!("../kernels/dequant.cuh");
 pub const Q8: &str = include_str!("../kernels/q8.cuh");
+pub const MMA: &str = include_str!("../kernels/mma.cuh");
 
 pub struct KernelModule {
     pub name: &'static str,
@@ -150,7 +151,7 @@ pub const MODULES: &[KernelModule] = &[
     },
     KernelModule {
         name: "attention",
-        headers: &[],
+        headers: &[MMA],
         source: include_str!("../kernels/attention.cu"),
         functions: &[
             "attention_d1",
@@ -160,12 +161,15 @@ pub const MODULES: &[KernelModule] = &[
             "attn_fd_2",
             "attn_fd_4",
             "attn_fd_8",
+            "attn_fdt_64",
+            "attn_fdt_128",
+            "attn_fdt_256",
             "attention_combine",
         ],
     },
     KernelModule {
         name: "attention_prefill",
-        headers: &[],
+        headers: &[MMA],
         source: include_str!("../kernels/attention_prefill.cu"),
         // ops::attention::PREFILL_CFGS, in that order.
         functions: &[

@@ -14,8 +14,10 @@ use std::cell::RefCell;
 use common::*;
 use kestrel_cpu::ops::attention::KvPool;
 use kestrel_cpu::CpuBackend;
-use kestrel_cuda::ops::attention::{splits, token_splits, EXACT_KEYS};
-use kestrel_cuda::{CudaBackend, CudaKv};
+use kestrel_cuda::ops::attention::{
+    fd_grid, fdt_cap, token_splits, FdTune, EXACT_KEYS, MAX_SPLITS,
+};
+use kestrel_cuda::{CudaBackend, CudaKv, CudaTensor};
 use kestrel_engine::{AttnGeom, Backend, StepInfo};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -130,6 +132,19 @@ fn exact_head(c: &Caches, g: AttnGeom, seq: usize, pos: usize, kvh: usize, qh: &
     o.iter().map(|v| v / z).collect()
 }
 
+/// The flash-decoding configurations the checks run under: the default (tensor cores where the
+/// head dim has a kernel, a split per SM and KV head), many splits, few splits (long per-warp
+/// pipelines), and the f32 kernel throughout.
+fn tunes() -> [(&'static str, FdTune); 4] {
+    let t = |tensor_cores, cap| FdTune { tensor_cores, cap };
+    [
+        ("fdt", t(true, None)),
+        ("fdt cap 128", t(true, Some(128))),
+        ("fdt cap 3", t(true, Some(3))),
+        ("fd", t(false, None)),
+    ]
+}
+
 /// (n_head, n_kv_head, head_dim, window, each sequence's context).
 type Case = (usize, usize, usize, Option<usize>, Vec<usize>);
 
@@ -169,10 +184,8 @@ fn decode_attention_matches_exact_and_cpu() {
         let n = toks.len();
         let q = normals(&mut r, n * n_head * hd, 1.5);
         let (sg, sc) = (g.begin_step(&st), cpu.begin_step(&st));
-        let mut og = gpu_out(&g, n, n_head * hd);
         let mut oc = cpu.alloc(n, n_head * hd);
         oc.data.fill(f32::NAN);
-        g.attention(&gpu_in(&g, n, n_head * hd, &q), &c.kvg, geom, &sg, &mut og);
         cpu.attention(
             &cpu_in(&cpu, n, n_head * hd, &q),
             c.kvc.as_ref().unwrap(),
@@ -180,37 +193,58 @@ fn decode_attention_matches_exact_and_cpu() {
             &sc,
             &mut oc,
         );
-        let got = g.read(&og);
+        let mut exact = vec![0f32; n * n_head * hd];
         for (t, &(seq, pos)) in toks.iter().enumerate() {
-            let n_keys = window.map_or(pos + 1, |w| w.min(pos + 1));
-            let (mut l2, mut el, mut l2_cpu) = (0f64, 0f64, 0f64);
             for h in 0..n_head {
                 let i = (t * n_head + h) * hd;
                 let ex = exact_head(&c, geom, seq, pos, h / (n_head / n_kv), &q[i..i + hd]);
-                let ex32: Vec<f32> = ex.iter().map(|&v| v as f32).collect();
-                l2 = l2.max(rel_err(&got[i..i + hd], &ex32));
-                el = el.max(max_rel(&got[i..i + hd], &ex32));
-                l2_cpu = l2_cpu.max(rel_err(&oc.data[i..i + hd], &ex32));
-            }
-            let vs_cpu = max_rel(
-                &got[t * n_head * hd..(t + 1) * n_head * hd],
-                &oc.data[t * n_head * hd..(t + 1) * n_head * hd],
-            );
-            let flash = n_keys > EXACT_KEYS;
-            println!(
-                "heads {n_head}/{n_kv} hd {hd} window {window:?} keys {n_keys:>5} ({}, {} splits): vs exact L2 {l2:.2e} elem {el:.2e}; CPU vs exact L2 {l2_cpu:.2e}; vs CPU {vs_cpu:.2e}",
-                if flash { "flash" } else { "exact chain" },
-                token_splits(n_keys)
-            );
-            let ok = if flash {
-                l2 <= 2e-4 && el <= 1e-3
-            } else {
-                vs_cpu <= 2e-3
-            };
-            if !ok {
-                failures.push(format!("heads {n_head}/{n_kv} hd {hd} window {window:?} keys {n_keys}: L2 {l2:.2e} elem {el:.2e} vs CPU {vs_cpu:.2e}"));
+                for (o, v) in exact[i..i + hd].iter_mut().zip(ex) {
+                    *o = v as f32;
+                }
             }
         }
+        for (name, tune) in tunes() {
+            g.set_fd_tune(tune);
+            let mut og = gpu_out(&g, n, n_head * hd);
+            g.attention(&gpu_in(&g, n, n_head * hd, &q), &c.kvg, geom, &sg, &mut og);
+            let got = g.read(&og);
+            for (t, &(_, pos)) in toks.iter().enumerate() {
+                let n_keys = window.map_or(pos + 1, |w| w.min(pos + 1));
+                let flash = n_keys > EXACT_KEYS;
+                // The exact-chain tokens do not depend on the flash kernel: checked once.
+                if !flash && name != "fdt" {
+                    continue;
+                }
+                let (mut l2, mut el, mut l2_cpu) = (0f64, 0f64, 0f64);
+                for h in 0..n_head {
+                    let i = (t * n_head + h) * hd;
+                    l2 = l2.max(rel_err(&got[i..i + hd], &exact[i..i + hd]));
+                    el = el.max(max_rel(&got[i..i + hd], &exact[i..i + hd]));
+                    l2_cpu = l2_cpu.max(rel_err(&oc.data[i..i + hd], &exact[i..i + hd]));
+                }
+                let r = t * n_head * hd..(t + 1) * n_head * hd;
+                let vs_cpu = max_rel(&got[r.clone()], &oc.data[r]);
+                let cap = tune.cap.unwrap_or(if tune.tensor_cores && hd <= 256 {
+                    fdt_cap(g.sm_count(), n_kv)
+                } else {
+                    MAX_SPLITS
+                });
+                println!(
+                    "{name:>9} heads {n_head}/{n_kv} hd {hd} window {window:?} keys {n_keys:>5} ({}, {} splits): vs exact L2 {l2:.2e} elem {el:.2e}; CPU vs exact L2 {l2_cpu:.2e}; vs CPU {vs_cpu:.2e}",
+                    if flash { "flash" } else { "exact chain" },
+                    token_splits(n_keys, cap)
+                );
+                let ok = if flash {
+                    l2 <= 2e-4 && el <= 1e-3
+                } else {
+                    vs_cpu <= 2e-3
+                };
+                if !ok {
+                    failures.push(format!("{name} heads {n_head}/{n_kv} hd {hd} window {window:?} keys {n_keys}: L2 {l2:.2e} elem {el:.2e} vs CPU {vs_cpu:.2e}"));
+                }
+            }
+        }
+        g.set_fd_tune(tunes()[0].1);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -227,7 +261,11 @@ fn decode_attention_is_batch_invariant() {
     let mut r = rng(1300);
     let lens = [5000usize, 20000, 300, 60, 129, 1];
     let c = caches(&g, None, &mut r, kv_dim, &lens);
-    for window in [None, Some(2048)] {
+    for ((name, tune), window) in [tunes()[0], tunes()[3]]
+        .into_iter()
+        .flat_map(|t| [(t, None), (t, Some(2048))])
+    {
+        g.set_fd_tune(tune);
         let geom = AttnGeom {
             n_head,
             n_kv_head: n_kv,
@@ -284,19 +322,46 @@ fn decode_attention_is_batch_invariant() {
             for (what, bits) in variants {
                 let same = bits.iter().zip(&alone).filter(|(x, y)| x == y).count();
                 println!(
-                    "window {window:?} token at {pos}: {what}: {same}/{} bits equal",
+                    "{name} window {window:?} token at {pos}: {what}: {same}/{} bits equal",
                     alone.len()
                 );
-                assert_eq!(bits, alone, "window {window:?} token at {pos}: {what}");
+                assert_eq!(
+                    bits, alone,
+                    "{name} window {window:?} token at {pos}: {what}"
+                );
             }
         }
     }
 }
 
+/// Fill every slot of `kv` with random non-zero K/V (one random 4096-token chunk, written over
+/// and over), as a model's cache holds.
+fn fill_random(g: &CudaBackend, kv: &mut CudaKv, n_slots: usize, chunk: &(CudaTensor, CudaTensor)) {
+    let per = chunk.0.rows;
+    for s0 in (0..n_slots).step_by(per) {
+        let n = per.min(n_slots - s0);
+        let st = StepInfo {
+            tokens: vec![0; n],
+            positions: (0..n as u32).collect(),
+            slots: (s0 as u32..(s0 + n) as u32).collect(),
+            seq_index: vec![0; n],
+            block_tables: vec![vec![0]],
+            logit_rows: vec![0],
+            ..Default::default()
+        };
+        let sg = g.begin_step(&st);
+        g.kv_write(&chunk.0, &chunk.1, kv, &sg);
+    }
+    g.synchronize();
+}
+
 /// Not a check: the decode attention kernels alone at qwen3-8b shapes (32 query heads, 8 KV
-/// heads, hd 128), batch 1 and 16, as CUDA-graph replays over enough copies of the cache that
-/// the reads come from HBM rather than the 60 MB L2. GB/s counts each token's K and V once (the
-/// GQA group shares them).
+/// heads, hd 128), batch 1 and 16, under each flash-decoding configuration, as CUDA-graph
+/// replays. Conditions as in `kestrel bench` tg128 at depth d: d + 64 keys (a context halfway
+/// through the 128 tokens, past a round boundary as 16385.. are), random non-zero K/V, and
+/// calls rotating over at least 512 MiB of distinct pools so the reads come from HBM, not the
+/// 60 MB L2 (the model cycles 36 layers' caches). GB/s counts each token's K and V once (the
+/// GQA group shares them); "floor" is those bytes at 4.63 TB/s.
 #[test]
 #[ignore = "needs CUDA"]
 fn report_attention_decode() {
@@ -304,17 +369,34 @@ fn report_attention_decode() {
     let (n_head, n_kv, hd) = (32usize, 8usize, 128usize);
     let kv_dim = n_kv * hd;
     let mut r = rng(1400);
-    println!("| keys | tokens | splits | µs | GB/s |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    let chunk = (
+        gpu_in(&g, 4096, kv_dim, &normals(&mut r, 4096 * kv_dim, 1.5)),
+        gpu_in(&g, 4096, kv_dim, &normals(&mut r, 4096 * kv_dim, 1.0)),
+    );
+    let t = |tensor_cores, cap| FdTune { tensor_cores, cap };
+    let configs = [
+        ("fd", t(false, None)),
+        ("fdt", t(true, None)),
+        ("fdt", t(true, Some(8))),
+        ("fdt", t(true, Some(32))),
+        ("fdt", t(true, Some(64))),
+        ("fdt", t(true, Some(128))),
+    ];
+    println!("| keys | tokens | kernel | cap | splits | µs | GB/s | of floor |");
+    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for depth in [512usize, 4096, 16384] {
+        let keys = depth + 64;
         for batch in [1usize, 16] {
-            let bytes = batch * depth * kv_dim * 2 * 2;
-            let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
-            // `batch` sequences of `depth` keys, contiguous blocks, in `copies` pools; the
-            // contents stay as allocated (the kernels' time does not depend on the values).
-            let per_seq = depth.div_ceil(16);
+            let bytes = batch * keys * kv_dim * 2 * 2;
+            let copies = (512usize << 20).div_ceil(bytes).clamp(1, 256);
+            // `batch` sequences of `keys` keys, contiguous blocks, in `copies` pools.
+            let per_seq = keys.div_ceil(16);
             let pools: Vec<CudaKv> = (0..copies)
-                .map(|_| g.alloc_kv(batch * per_seq * 16, kv_dim).unwrap())
+                .map(|_| {
+                    let mut kv = g.alloc_kv(batch * per_seq * 16, kv_dim).unwrap();
+                    fill_random(&g, &mut kv, batch * per_seq * 16, &chunk);
+                    kv
+                })
                 .collect();
             let mut st = StepInfo::default();
             for s in 0..batch {
@@ -322,9 +404,9 @@ fn report_attention_decode() {
                     .map(|b| (s * per_seq) as u32 + b)
                     .collect();
                 st.tokens.push(0);
-                st.positions.push(depth as u32 - 1);
+                st.positions.push(keys as u32 - 1);
                 st.slots
-                    .push(table[(depth - 1) / 16] * 16 + ((depth - 1) % 16) as u32);
+                    .push(table[(keys - 1) / 16] * 16 + ((keys - 1) % 16) as u32);
                 st.seq_index.push(s as u32);
                 st.block_tables.push(table);
             }
@@ -345,31 +427,41 @@ fn report_attention_decode() {
             );
             let og = RefCell::new(gpu_out(&g, batch, n_head * hd));
             let calls = copies.max(8);
-            let gr = g
-                .record(|| {
-                    for i in 0..calls {
-                        g.attention(&qg, &pools[i % copies], geom, &sg, &mut og.borrow_mut());
-                    }
-                })
-                .expect("recording");
-            gr.launch().expect("replay");
-            g.synchronize();
-            let mut ts: Vec<f64> = (0..5)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    gr.launch().expect("replay");
-                    g.synchronize();
-                    t.elapsed().as_secs_f64() / calls as f64
-                })
-                .collect();
-            ts.sort_by(f64::total_cmp);
-            let s = ts[2];
-            println!(
-                "| {depth} | {batch} | {} | {:.1} | {:.0} |",
-                splits(depth),
-                s * 1e6,
-                bytes as f64 / s / 1e9
-            );
+            for (name, tune) in configs {
+                g.set_fd_tune(tune);
+                let cap = tune.cap.unwrap_or(if tune.tensor_cores {
+                    fdt_cap(g.sm_count(), n_kv)
+                } else {
+                    MAX_SPLITS
+                });
+                let gr = g
+                    .record(|| {
+                        for i in 0..calls {
+                            g.attention(&qg, &pools[i % copies], geom, &sg, &mut og.borrow_mut());
+                        }
+                    })
+                    .expect("recording");
+                gr.launch().expect("replay");
+                g.synchronize();
+                let mut ts: Vec<f64> = (0..5)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        gr.launch().expect("replay");
+                        g.synchronize();
+                        t.elapsed().as_secs_f64() / calls as f64
+                    })
+                    .collect();
+                ts.sort_by(f64::total_cmp);
+                let s = ts[2];
+                println!(
+                    "| {keys} | {batch} | {name} | {cap} | {} (grid {}) | {:.1} | {:.0} | {:.0}% |",
+                    token_splits(keys, cap),
+                    fd_grid(keys, cap),
+                    s * 1e6,
+                    bytes as f64 / s / 1e9,
+                    bytes as f64 / 4.63e12 / s * 100.0
+                );
+            }
         }
     }
 }

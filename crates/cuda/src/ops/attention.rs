@@ -2,8 +2,9 @@
 //! sequence (prompts, chunks of prompts) take the tensor-core flash-attention kernel
 //! (kernels/attention_prefill.cu); the other tokens the decode kernels (kernels/attention.cu),
 //! chosen per token by its own context: up to `EXACT_KEYS` keys the CPU's exact f16 chain, beyond
-//! it flash-decoding (f32, `token_splits` key splits per token, all query heads of a KV head in
-//! one block) and an ordered combine of the splits.
+//! it flash-decoding (`token_splits` key splits per token, all query heads of a KV head in one
+//! block: on tensor cores, `attn_fdt_*`, at head dims 64/128/256, else in f32 FMAs, `attn_fd_*`)
+//! and an ordered combine of the splits.
 
 use kestrel_engine::{AttnGeom, Chunk};
 
@@ -18,34 +19,65 @@ pub const MAX_HEAD_DIM: usize = 512;
 /// is also fast there: 128 keys are one or two tiles of one block per head. Longer contexts
 /// take flash-decoding (`attn_fd_*`, f32).
 pub const EXACT_KEYS: usize = 128;
-/// Fewest keys a flash-decoding split takes (below it a split's fixed costs, loading Q and
-/// writing its partial, outweigh its keys).
-pub const FD_MIN_CHUNK: usize = 64;
-/// Most flash-decoding splits (kernels/attention.cu `ATT_MAX_SPLITS`): 128 × 8 KV heads fill
-/// the 132 SMs of an H100/H200 about 8 times over at batch 1.
+/// How flash-decoding runs (`CudaBackend::set_fd_tune`; `KESTREL_CUDA_FD_TC=0`,
+/// `KESTREL_CUDA_FD_SPLITS=N`). For tests and measurements.
+#[derive(Clone, Copy, Debug)]
+pub struct FdTune {
+    /// `attn_fdt_*` (tensor cores) where the head dim has one, else `attn_fd_*` throughout.
+    pub tensor_cores: bool,
+    /// Split cap instead of the kernel's default (`fdt_cap`, `MAX_SPLITS`).
+    pub cap: Option<usize>,
+}
+
+/// Flash-decoding splits take whole rounds of this many keys (kernels/attention.cu
+/// `fd_splits`): one tile of `attn_fd_*` (at hd 128; two or four at 256 and 512), one pass of
+/// the 4 warps of `attn_fdt_*` (16 keys each), so no split ends in a sliver of a tile. Below it
+/// a split's fixed costs (loading Q, writing its partial) outweigh its keys.
+pub const FD_UNIT: usize = 64;
+/// Most flash-decoding splits (kernels/attention.cu `ATT_MAX_SPLITS`, the combine's limit) and
+/// the cap of `attn_fd_*`: 128 × 8 KV heads fill the 132 SMs of an H100/H200 about 8 times over
+/// at batch 1.
 pub const MAX_SPLITS: usize = 128;
 
-/// Splits of a token that attends to `n_keys` keys (kernels/attention.cu `fd_splits`): a
-/// function of its own context alone, so its bits do not depend on the step (batch invariance);
-/// 1 where it takes the exact kernel.
-pub fn token_splits(n_keys: usize) -> usize {
+/// Splits of a token that attends to `n_keys` keys when a split takes at most `cap` (kernels/
+/// attention.cu `fd_splits`): its keys in rounds of `FD_UNIT`, as few rounds per split as keep
+/// the count within `cap`, every split non-empty. A function of its own context (and of the
+/// layer's cap, fixed per model and device) alone, so its bits do not depend on the step (batch
+/// invariance); 1 where it takes the exact kernel.
+pub fn token_splits(n_keys: usize, cap: usize) -> usize {
     if n_keys <= EXACT_KEYS {
-        1
-    } else {
-        n_keys.div_ceil(FD_MIN_CHUNK).min(MAX_SPLITS)
+        return 1;
     }
+    let rounds = n_keys.div_ceil(FD_UNIT);
+    let per_split = rounds.div_ceil(rounds.min(cap));
+    rounds.div_ceil(per_split)
 }
 
-/// grid.z of the flash-decoding launch for a step whose longest context is `max_keys` keys: at
-/// least every token's `token_splits`, rounded to a power of two so a growing context records a
-/// new graph only at each doubling (blocks beyond a token's own splits return at once).
+/// grid.z of the flash-decoding launch for a step whose longest context is `max_keys` keys, at
+/// split cap `cap`: at least every token's `token_splits` (which never exceeds min(cap, rounds),
+/// monotonic in the context), rounded to a power of two so a growing context records a new
+/// graph only at each doubling (blocks beyond a token's own splits return at once).
+pub fn fd_grid(max_keys: usize, cap: usize) -> usize {
+    if max_keys <= EXACT_KEYS {
+        return 1;
+    }
+    max_keys
+        .div_ceil(FD_UNIT)
+        .min(cap)
+        .min(MAX_SPLITS)
+        .next_power_of_two()
+}
+
+/// `fd_grid` at the widest cap: an upper bound on any layer's grid (room for the partials) that
+/// determines the grid at every smaller cap (min(cap, r) rounded up to a power of two follows
+/// min(`MAX_SPLITS`, r)'s), so it serves as the graph key.
 pub fn splits(max_keys: usize) -> usize {
-    token_splits(max_keys).next_power_of_two().min(MAX_SPLITS)
+    fd_grid(max_keys, MAX_SPLITS)
 }
 
-/// What a step's decode attention launches, for the graph key: the flash grid (`splits` of the
-/// longest context) times 2, plus 1 when some token may take the exact kernel (the shortest
-/// context has at most `EXACT_KEYS` keys; windows of at most that are per layer, fixed).
+/// What a step's decode attention launches, for the graph key: the flash grid times 2, plus 1
+/// when some token may take the exact kernel (the shortest context has at most `EXACT_KEYS`
+/// keys; windows of at most that are per layer, fixed).
 pub fn launch_key(min_keys: usize, max_keys: usize) -> usize {
     2 * splits(max_keys) + usize::from(min_keys <= EXACT_KEYS)
 }
@@ -327,6 +359,35 @@ pub fn attention(
     }
 }
 
+/// The tensor-core flash-decoding kernel for a head dim (kernels/attention.cu `attn_fdt_<hd>`)
+/// and its dynamic shared memory: 4 warps × 2 stages × (16 K + 16 V rows of hd + 8 halves).
+/// Other head dims take `attn_fd_*` (hd 512 would need 128 accumulators a thread).
+pub fn fdt_kernel(head_dim: usize) -> Option<(&'static str, usize)> {
+    let name = match head_dim {
+        64 => "attn_fdt_64",
+        128 => "attn_fdt_128",
+        256 => "attn_fdt_256",
+        _ => return None,
+    };
+    Some((name, 4 * 2 * 2 * 16 * (head_dim + 8) * 2))
+}
+
+/// Static shared memory of `attn_fdt_*` (the warps' maxima and sums), with room to spare.
+pub(crate) const FDT_STATIC_SMEM: usize = 1024;
+
+/// Every `attn_fdt_*` kernel's (name, dynamic shared memory), for the backend to opt in.
+pub fn fdt_kernels() -> Vec<(&'static str, usize)> {
+    [64, 128, 256].into_iter().filter_map(fdt_kernel).collect()
+}
+
+/// Split cap of `attn_fdt_*` for a layer: one block per SM at batch 1 (splits × KV heads ≈ SMs),
+/// so each block streams a long run of keys through its warps' pipelines. Measured on the H200
+/// (qwen3-8b, 16448 keys, docs/benchmarks/cuda-decode.md): 27.0 µs at 16 splits, 28.2 at 32,
+/// 29.8 at 49 (3 blocks per SM), 35.8 at 128; batch 16 orders them the same way.
+pub fn fdt_cap(sm_count: usize, n_kv_head: usize) -> usize {
+    (sm_count / n_kv_head.max(1)).clamp(1, MAX_SPLITS)
+}
+
 /// The decode kernels over `n` tokens: the first `n` of the step, or those listed at `rows`.
 /// Each token takes the exact kernel or flash-decoding by its own number of keys (both are
 /// launched when the step may hold both kinds; each returns at once for the other's tokens).
@@ -379,15 +440,31 @@ fn decode(
     if step.max_keys <= EXACT_KEYS || short_window {
         return;
     }
-    let zmax = splits(step.max_keys);
     let gb = fd_heads(g.n_head / g.n_kv_head, g.head_dim);
-    // Pairs of output dims per thread (the f32 accumulator): gb × hd / 256.
-    let kernel = match (gb * g.head_dim).div_ceil(256) {
-        0..=1 => "attn_fd_1",
-        2 => "attn_fd_2",
-        3..=4 => "attn_fd_4",
-        _ => "attn_fd_8",
+    let tune = b.fd_tune();
+    let tc = fdt_kernel(g.head_dim)
+        .filter(|&(_, smem)| tune.tensor_cores && smem + FDT_STATIC_SMEM <= b.smem_optin());
+    let (kernel, smem, cap) = match tc {
+        Some((name, smem)) => (
+            name,
+            smem,
+            tune.cap
+                .unwrap_or_else(|| fdt_cap(b.sm_count(), g.n_kv_head)),
+        ),
+        // Pairs of output dims per thread (the f32 accumulator): gb × hd / 256.
+        None => (
+            match (gb * g.head_dim).div_ceil(256) {
+                0..=1 => "attn_fd_1",
+                2 => "attn_fd_2",
+                3..=4 => "attn_fd_4",
+                _ => "attn_fd_8",
+            },
+            0,
+            tune.cap.unwrap_or(MAX_SPLITS),
+        ),
     };
+    let cap = cap.clamp(1, MAX_SPLITS);
+    let zmax = fd_grid(step.max_keys, cap);
     // Partials are indexed by token, so with a row list they cover the whole step.
     let n_part = if rows == 0 { n } else { step.n_tokens };
     let part = b.scratch(n_part * g.n_head * zmax * (g.head_dim + 2) * 4);
@@ -395,7 +472,7 @@ fn decode(
         kernel,
         ((g.n_head / gb) as u32, n as u32, zmax as u32),
         (128, 1, 1),
-        0,
+        smem as u32,
         &[
             Arg::Ptr(q.ptr),
             Arg::Ptr(kv.k),
@@ -413,8 +490,8 @@ fn decode(
             Arg::I32(win),
             Arg::F32(g.scale),
             Arg::I32(EXACT_KEYS as i32),
-            Arg::I32(FD_MIN_CHUNK as i32),
-            Arg::I32(MAX_SPLITS as i32),
+            Arg::I32(FD_UNIT as i32),
+            Arg::I32(cap as i32),
             Arg::I32(zmax as i32),
             Arg::Ptr(rows),
         ],
@@ -433,8 +510,8 @@ fn decode(
             Arg::I32(g.head_dim as i32),
             Arg::I32(win),
             Arg::I32(EXACT_KEYS as i32),
-            Arg::I32(FD_MIN_CHUNK as i32),
-            Arg::I32(MAX_SPLITS as i32),
+            Arg::I32(FD_UNIT as i32),
+            Arg::I32(cap as i32),
             Arg::I32(zmax as i32),
             Arg::Ptr(rows),
         ],
@@ -491,23 +568,52 @@ mod tests {
 
     #[test]
     fn decode_splits_cover_every_token_of_the_step() {
-        // Each token's splits fit the grid sized for the longest context; below MAX_SPLITS its
-        // splits take at most FD_MIN_CHUNK keys and all but the last a full share.
-        for max in [1usize, 128, 129, 500, 4096, 8129, 16384, 20000, 1 << 20] {
-            let z = splits(max);
-            assert!(z.is_power_of_two() && z <= MAX_SPLITS, "{max}: {z}");
-            for n in [1, 64, 128, 129, 192, 1000, max / 2, max - 1, max] {
-                let n = n.clamp(1, max);
-                let s = token_splits(n);
-                assert!(s <= z, "{n} keys: {s} splits, grid {z}");
-                if n > EXACT_KEYS && s < MAX_SPLITS {
-                    assert!(n.div_ceil(s) <= FD_MIN_CHUNK, "{n} keys, {s} splits");
-                    assert!(n >= FD_MIN_CHUNK * (s - 1), "{n} keys, {s} splits");
+        // Each token's splits fit the grid sized for the longest context at any cap, and are
+        // whole rounds of FD_UNIT keys, every split non-empty, as few rounds each as the cap
+        // allows.
+        for cap in [1usize, 16, 32, 49, 64, 99, 128] {
+            for max in [
+                1usize,
+                128,
+                129,
+                500,
+                4096,
+                8129,
+                16384,
+                16385,
+                20000,
+                1 << 20,
+            ] {
+                let z = fd_grid(max, cap);
+                assert!(z.is_power_of_two() && z <= MAX_SPLITS, "{max}: {z}");
+                assert!(z <= splits(max));
+                for n in [1, 64, 128, 129, 192, 1000, max / 2, max - 1, max] {
+                    let n = n.clamp(1, max);
+                    let s = token_splits(n, cap);
+                    assert!(
+                        s <= z && s <= cap,
+                        "{n} keys cap {cap}: {s} splits, grid {z}"
+                    );
+                    if n > EXACT_KEYS {
+                        let rounds = n.div_ceil(FD_UNIT);
+                        let per = rounds.div_ceil(rounds.min(cap));
+                        assert_eq!(s, rounds.div_ceil(per), "{n} keys cap {cap}");
+                        assert!(
+                            per * FD_UNIT * (s - 1) < n,
+                            "{n} keys cap {cap}: an empty split"
+                        );
+                        assert!(
+                            per == 1 || rounds.div_ceil(per - 1) > cap,
+                            "{n} keys cap {cap}"
+                        );
+                    }
                 }
             }
         }
-        assert_eq!(token_splits(EXACT_KEYS), 1);
-        assert_eq!(token_splits(EXACT_KEYS + 1), 3);
+        assert_eq!(token_splits(EXACT_KEYS, MAX_SPLITS), 1);
+        assert_eq!(token_splits(EXACT_KEYS + 1, MAX_SPLITS), 3);
+        // 16385 keys at cap 128: 257 rounds, 3 a split, 86 splits (no 1-key third tile).
+        assert_eq!(token_splits(16385, 128), 86);
         // The graph key tells apart steps that launch the exact kernel and those that do not.
         assert_ne!(launch_key(5000, 5000), launch_key(5, 5000));
         for (group, hd) in [
