@@ -1,8 +1,9 @@
 //! Decode steps as CUDA graphs: a replayed step must give the bits of the same step launched
 //! eagerly — padded to its bucket (`GraphMode::Pad`) and unpadded (`GraphMode::Off`) — over 64
 //! decode steps, for one sequence and for three (bucket 4, one dummy entry), across the
-//! attention split-count change at 256 keys. Plus a timing report of decode with and without
-//! graphs on a model file (`KESTREL_BENCH_GGUF`).
+//! attention split-count change at 256 keys. Plus timing reports on a model file
+//! (`KESTREL_BENCH_GGUF`): decode with and without graphs, and what a graph would save a prefill
+//! chunk.
 //!
 //! Run on a GPU machine: `cargo test --release -p kestrel-cuda --test graphs -- --include-ignored`.
 
@@ -14,7 +15,8 @@ use std::time::Instant;
 use common::synth::{real_shaped_models, tiny_models};
 use common::*;
 use kestrel_cuda::GraphMode;
-use kestrel_engine::{Backend, BatchEntry, Engine, EngineConfig};
+use kestrel_engine::forward::forward;
+use kestrel_engine::{Backend, BatchEntry, Chunk, Engine, EngineConfig, StepInfo, KV_BLOCK};
 use kestrel_gguf::GgufFile;
 
 const DECODE_STEPS: usize = 64;
@@ -218,4 +220,115 @@ fn decode_speed_report() {
         "graph stats (recorded, replays): {:?}",
         e.backend.graph_stats()
     );
+}
+
+/// One prefill chunk of `n` tokens of one sequence at positions `start..start + n`, the last
+/// token wanting logits (what `Engine::step` plans for a chunk of a prompt).
+fn chunk_step(n: usize, start: usize, vocab: usize) -> StepInfo {
+    let end = (start + n) as u32;
+    StepInfo {
+        tokens: (0..n).map(|i| ((i * 7919 + 13) % vocab) as u32).collect(),
+        positions: (start as u32..end).collect(),
+        slots: (start as u32..end).collect(),
+        seq_index: vec![0; n],
+        block_tables: vec![(0..end.div_ceil(KV_BLOCK as u32)).collect()],
+        logit_rows: vec![n as u32 - 1],
+        chunks: (0..n as u32)
+            .map(|index| Chunk {
+                len: n as u32,
+                index,
+            })
+            .collect(),
+    }
+}
+
+/// Not a check: whether CUDA graphs would pay for prefill chunks, on the model at
+/// `KESTREL_BENCH_GGUF` with the CLI's bf16 weight cache. Per chunk (tokens, first position),
+/// medians of 10 steps of `begin_step` + `forward` + `argmax_rows` (what `kestrel bench` times
+/// per chunk): eagerly — wall time and the host's enqueue time (until `forward` returns, before
+/// the sync) — and as a replay of the same step recorded through the decode graphs' backend
+/// calls (graph key = the chunk's token count), which runs the kernels back to back: the GPU's
+/// busy time, and what a prefill graph would give at best. Eager and replayed steps alternate.
+#[test]
+#[ignore = "needs CUDA and KESTREL_BENCH_GGUF"]
+fn prefill_graph_report() {
+    let Ok(path) = std::env::var("KESTREL_BENCH_GGUF") else {
+        println!("KESTREL_BENCH_GGUF is not set: skipped");
+        return;
+    };
+    let f = Arc::new(GgufFile::open(&path).expect("model file"));
+    let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
+    let vocab = spec.n_vocab;
+    let g = gpu();
+    g.set_graph_mode(GraphMode::On);
+    let w = kestrel_engine::weights::load(&g, &spec, &f, &mut |_, _| {}).expect("weights");
+    let rep = g.cache_weights(&w.layer_matrices(), g.default_cache_reserve());
+    let head = g.cache_weights(&[w.output()], g.default_cache_reserve());
+    println!("{path}: {} (PDL {}); {rep}; output head cached: {}", g.name(), g.pdl(), head.cached > 0);
+    let cases = [(32usize, 0usize), (128, 0), (512, 0), (2048, 0), (2048, 2048)];
+    let slots = cases.iter().map(|&(n, s)| n + s).max().unwrap_or(0) + KV_BLOCK;
+    let mut kv: Vec<_> = spec
+        .layers
+        .iter()
+        .map(|l| {
+            l.kv_source
+                .is_none()
+                .then(|| g.alloc_kv(slots, l.kv_dim()).expect("KV pool"))
+        })
+        .collect();
+    println!("| tokens | first position | eager ms | host enqueue ms | graph replay ms | graph saves | replay bits |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for (n, start) in cases {
+        let info = chunk_step(n, start, vocab);
+        // (wall s, enqueue s, last logits) of one step, eager or through the graph calls.
+        let mut run = |graph: bool| {
+            let t0 = Instant::now();
+            let step = g.begin_step(&info);
+            let replayed = if graph { g.graph_replay(n) } else { None };
+            let logits = replayed.unwrap_or_else(|| {
+                let rec = graph && g.graph_begin(n);
+                let l = forward(&g, &spec, &w, &mut kv, &step, n, 1);
+                if rec && !g.graph_end(n, &l) {
+                    drop(l);
+                    return forward(&g, &spec, &w, &mut kv, &step, n, 1);
+                }
+                l
+            });
+            let t1 = Instant::now();
+            g.argmax_rows(&logits, vocab);
+            let wall = t0.elapsed().as_secs_f64();
+            (wall, (t1 - t0).as_secs_f64(), g.read(&logits))
+        };
+        // Eager twice (the arena grows to the chunk), then through the graph calls three times
+        // (eager under the key, recorded, replayed).
+        for graph in [false, false, true, true, true] {
+            run(graph);
+        }
+        let (mut eager, mut enqueue, mut replay) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut eager_bits, mut graph_bits) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let (wall, enq, l) = run(false);
+            eager.push(wall);
+            enqueue.push(enq);
+            eager_bits = l;
+            let (wall, _, l) = run(true);
+            replay.push(wall);
+            graph_bits = l;
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2] * 1e3
+        };
+        let (e, q, r) = (median(&mut eager), median(&mut enqueue), median(&mut replay));
+        let same = eager_bits
+            .iter()
+            .zip(&graph_bits)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        println!(
+            "| {n} | {start} | {e:.3} | {q:.3} | {r:.3} | {:.1}% | {} |",
+            100.0 * (e - r) / e,
+            if same { "equal" } else { "DIFFER" }
+        );
+    }
+    println!("graph stats (recorded, replays): {:?}", g.graph_stats());
 }
