@@ -1,9 +1,10 @@
-//! Decode steps as CUDA graphs: a replayed step must give the bits of the same step launched
+//! Steps as CUDA graphs: a replayed decode step must give the bits of the same step launched
 //! eagerly — padded to its bucket (`GraphMode::Pad`) and unpadded (`GraphMode::Off`) — over 64
 //! decode steps, for one sequence and for three (bucket 4, one dummy entry), across the
-//! attention split-count change at 256 keys. Plus timing reports on a model file
-//! (`KESTREL_BENCH_GGUF`): decode with and without graphs, and what a graph would save a prefill
-//! chunk.
+//! attention split-count change at 256 keys; a replayed prefill chunk the bits of the padded
+//! chunk launched eagerly, and nearly those of the unpadded one. Plus timing reports on a model
+//! file (`KESTREL_BENCH_GGUF`): decode with and without graphs, what a graph can save a prefill
+//! chunk, and a mixed prompt-length workload with and without graphs.
 //!
 //! Run on a GPU machine: `cargo test --release -p kestrel-cuda --test graphs -- --include-ignored`.
 
@@ -16,7 +17,9 @@ use common::synth::{real_shaped_models, tiny_models};
 use common::*;
 use kestrel_cuda::GraphMode;
 use kestrel_engine::forward::forward;
-use kestrel_engine::{Backend, BatchEntry, Chunk, Engine, EngineConfig, StepInfo, KV_BLOCK};
+use kestrel_engine::{
+    Backend, BatchEntry, Chunk, Engine, EngineConfig, GraphBucket, StepInfo, KV_BLOCK,
+};
 use kestrel_gguf::GgufFile;
 
 const DECODE_STEPS: usize = 64;
@@ -121,6 +124,90 @@ fn graph_replay_is_bit_identical_to_eager_launches() {
             if let Some(d) = first_difference(&off, &pad) {
                 failures.push(format!("{label} ×{n_seqs}: padded vs unpadded: {d}"));
             }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Prompts prefilled in one or two chunks (the later chunk at a depth, the earlier wanting no
+/// logits), three times over with different tokens. Returns each prompt's last logits and the
+/// backend's (recordings, replays).
+fn prefill_logits(
+    f: &Arc<GgufFile>,
+    vocab: usize,
+    mode: GraphMode,
+) -> (Vec<Vec<f32>>, (usize, usize)) {
+    let spec = kestrel_model::spec_from_gguf(f).expect("spec");
+    let g = gpu();
+    g.set_graph_mode(mode);
+    let cfg = EngineConfig {
+        n_ctx: 512,
+        kv_tokens: 1024,
+    };
+    let mut e = Engine::load(g, spec, f, cfg, &mut |_, _| {}).expect("engine");
+    // An arena that never grows, which would drop the graphs recorded so far.
+    e.backend.reserve_activations(256 << 20).expect("arena");
+    // Buckets 32 (three chunks: 20; 25 and then 20 at position 25, one key), 16, 208, 112 and
+    // 144 at position 100 (a key with 4 attention splits). Chunks of at least 12 tokens, so
+    // unpadded ones take the GEMM path too (without a bf16 copy it starts at 12 rows).
+    let plans: [&[usize]; 5] = [&[20], &[25, 20], &[13], &[200], &[100, 130]];
+    let mut out = Vec::new();
+    for rep in 0..3 {
+        for (k, plan) in plans.iter().enumerate() {
+            let s = e.new_seq();
+            let mut pos = 0;
+            for (c, &len) in plan.iter().enumerate() {
+                let last = c + 1 == plan.len();
+                let entries: Vec<BatchEntry> = (pos..pos + len)
+                    .map(|i| BatchEntry {
+                        seq: s,
+                        token: ((rep * 7919 + k * 104_729 + i * 31 + 13) % vocab) as u32,
+                        logits: last && i + 1 == pos + len,
+                        chunk: None,
+                    })
+                    .collect();
+                let logits = e.step(&entries).expect("prefill");
+                assert_eq!(logits.len(), usize::from(last));
+                out.extend(logits);
+                pos += len;
+            }
+            e.free_seq(s);
+        }
+    }
+    (out, e.backend.graph_stats())
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn prefill_graph_replay_is_bit_identical_to_eager_launches() {
+    let mut cases = tiny_models();
+    cases.extend(real_shaped_models().into_iter().take(1));
+    let mut failures = Vec::new();
+    for (label, f, vocab) in &cases {
+        let (off, _) = prefill_logits(f, *vocab, GraphMode::Off);
+        let (pad, _) = prefill_logits(f, *vocab, GraphMode::Pad);
+        let (on, (recorded, replays)) = prefill_logits(f, *vocab, GraphMode::On);
+        // 21 chunks under 5 keys: each key runs eagerly once and is recorded the next time.
+        println!("{label}: {recorded} prefill graphs recorded, {replays} of 21 chunks replayed");
+        if recorded < 5 || replays + 2 * recorded < 21 {
+            failures.push(format!("{label}: {replays} replays, {recorded} recordings"));
+        }
+        let rows = |v: &[Vec<f32>]| v.iter().map(|r| vec![r.clone()]).collect::<Vec<_>>();
+        if let Some(d) = first_difference(&rows(&pad), &rows(&on)) {
+            failures.push(format!("{label}: graph vs eager (padded): {d}"));
+        }
+        // Padding changes no real token's inputs, only the GEMMs' row count, so cuBLAS's
+        // choice of kernel and with it the f32 summation order: differences of a few ulps per
+        // product, far below the 8-bit-activation matvecs' (1.6-4.9e-2 on whole models,
+        // tests/gemm.rs); a padding token leaking into a real one would give O(1).
+        let worst = off
+            .iter()
+            .zip(&pad)
+            .map(|(a, b)| rel_err(a, b))
+            .fold(0.0, f64::max);
+        println!("{label}: padded vs unpadded logits, largest relative error {worst:.2e}");
+        if worst > 5e-3 {
+            failures.push(format!("{label}: padded vs unpadded: {worst:.2e} > 5e-3"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -246,9 +333,10 @@ fn chunk_step(n: usize, start: usize, vocab: usize) -> StepInfo {
 /// `KESTREL_BENCH_GGUF` with the CLI's bf16 weight cache. Per chunk (tokens, first position),
 /// medians of 10 steps of `begin_step` + `forward` + `argmax_rows` (what `kestrel bench` times
 /// per chunk): eagerly — wall time and the host's enqueue time (until `forward` returns, before
-/// the sync) — and as a replay of the same step recorded through the decode graphs' backend
-/// calls (graph key = the chunk's token count), which runs the kernels back to back: the GPU's
-/// busy time, and what a prefill graph would give at best. Eager and replayed steps alternate.
+/// the sync) — and as a replay of the same step, unpadded (`GraphBucket::Prefill` of its own
+/// length), which runs the kernels back to back: the GPU's busy time, and what a prefill graph
+/// can give at best (`PREFILL_GRAPH_BUCKETS` stops where that is under 3%). Eager and replayed
+/// steps alternate.
 #[test]
 #[ignore = "needs CUDA and KESTREL_BENCH_GGUF"]
 fn prefill_graph_report() {
@@ -264,8 +352,19 @@ fn prefill_graph_report() {
     let w = kestrel_engine::weights::load(&g, &spec, &f, &mut |_, _| {}).expect("weights");
     let rep = g.cache_weights(&w.layer_matrices(), g.default_cache_reserve());
     let head = g.cache_weights(&[w.output()], g.default_cache_reserve());
-    println!("{path}: {} (PDL {}); {rep}; output head cached: {}", g.name(), g.pdl(), head.cached > 0);
-    let cases = [(32usize, 0usize), (128, 0), (512, 0), (2048, 0), (2048, 2048)];
+    println!(
+        "{path}: {} (PDL {}); {rep}; output head cached: {}",
+        g.name(),
+        g.pdl(),
+        head.cached > 0
+    );
+    let cases = [
+        (32usize, 0usize),
+        (128, 0),
+        (512, 0),
+        (2048, 0),
+        (2048, 2048),
+    ];
     let slots = cases.iter().map(|&(n, s)| n + s).max().unwrap_or(0) + KV_BLOCK;
     let mut kv: Vec<_> = spec
         .layers
@@ -280,15 +379,16 @@ fn prefill_graph_report() {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for (n, start) in cases {
         let info = chunk_step(n, start, vocab);
+        let key = GraphBucket::Prefill(n);
         // (wall s, enqueue s, last logits) of one step, eager or through the graph calls.
         let mut run = |graph: bool| {
             let t0 = Instant::now();
             let step = g.begin_step(&info);
-            let replayed = if graph { g.graph_replay(n) } else { None };
+            let replayed = if graph { g.graph_replay(key) } else { None };
             let logits = replayed.unwrap_or_else(|| {
-                let rec = graph && g.graph_begin(n);
+                let rec = graph && g.graph_begin(key);
                 let l = forward(&g, &spec, &w, &mut kv, &step, n, 1);
-                if rec && !g.graph_end(n, &l) {
+                if rec && !g.graph_end(key, &l) {
                     drop(l);
                     return forward(&g, &spec, &w, &mut kv, &step, n, 1);
                 }
@@ -319,7 +419,11 @@ fn prefill_graph_report() {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2] * 1e3
         };
-        let (e, q, r) = (median(&mut eager), median(&mut enqueue), median(&mut replay));
+        let (e, q, r) = (
+            median(&mut eager),
+            median(&mut enqueue),
+            median(&mut replay),
+        );
         let same = eager_bits
             .iter()
             .zip(&graph_bits)
@@ -331,4 +435,72 @@ fn prefill_graph_report() {
         );
     }
     println!("graph stats (recorded, replays): {:?}", g.graph_stats());
+}
+
+/// Not a check: a mixed prompt-length workload with graphs off and on, on the model at
+/// `KESTREL_BENCH_GGUF` with the CLI's bf16 weight cache: 200 prompts of 8-640 tokens (seeded,
+/// uniform), each prefilled alone in one step to its greedy token, as `kestrel run` and an idle
+/// server do. Each mode runs the list twice: the first pass pays for the recordings (a bucket
+/// runs eagerly once, is recorded the next time, replayed after), the second is warm.
+#[test]
+#[ignore = "needs CUDA and KESTREL_BENCH_GGUF"]
+fn prefill_mixed_report() {
+    let Ok(path) = std::env::var("KESTREL_BENCH_GGUF") else {
+        println!("KESTREL_BENCH_GGUF is not set: skipped");
+        return;
+    };
+    let f = Arc::new(GgufFile::open(&path).expect("model file"));
+    let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
+    let vocab = spec.n_vocab;
+    let cfg = EngineConfig {
+        n_ctx: 1024,
+        kv_tokens: 2048,
+    };
+    let mut e = Engine::load(gpu(), spec, &f, cfg, &mut |_, _| {}).expect("engine");
+    let b = &e.backend;
+    let rep = b.cache_weights(&e.weights().layer_matrices(), b.default_cache_reserve());
+    let head = b.cache_weights(&[e.weights().output()], b.default_cache_reserve());
+    println!(
+        "{path}: {}; {rep}; output head cached: {}",
+        b.name(),
+        head.cached > 0
+    );
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let prompts: Vec<Vec<u32>> = (0..200)
+        .map(|_| {
+            let len = 8 + (next() % 633) as usize;
+            (0..len).map(|_| (next() % vocab as u64) as u32).collect()
+        })
+        .collect();
+    let tokens: usize = prompts.iter().map(Vec::len).sum();
+    println!("| graphs | pass | seconds | prompt tokens/s | mean ms per prompt |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for mode in [GraphMode::Off, GraphMode::On] {
+        e.backend.set_graph_mode(mode);
+        for pass in 1..=2 {
+            let t = Instant::now();
+            for p in &prompts {
+                let s = e.new_seq();
+                e.step_argmax(&BatchEntry::run(s, p, true))
+                    .expect("prefill");
+                e.free_seq(s);
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "| {mode:?} | {pass} | {secs:.3} | {:.0} | {:.3} |",
+                tokens as f64 / secs,
+                secs * 1e3 / prompts.len() as f64
+            );
+        }
+    }
+    println!(
+        "graph stats (recorded, replays): {:?}",
+        e.backend.graph_stats()
+    );
 }
