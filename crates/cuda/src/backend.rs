@@ -9,9 +9,9 @@
 //! activations come from the arena at the same addresses step after step, and what changes
 //! (tokens, positions, KV slots, block tables, logit rows, the prefill run) sits in the step
 //! buffer at fixed offsets; the prefill attention kernel finds each tile's keys from the
-//! positions there. A key runs eagerly once (sizing the arena), is recorded (stream capture) the next
-//! time and replayed after that with no parameter updates. Graphs are dropped when the arena or
-//! the step buffer moves.
+//! positions there. A key runs eagerly once (sizing the arena), is recorded (stream capture)
+//! the next time and replayed after that with no parameter updates. Graphs are dropped when the
+//! arena or the step buffer moves.
 
 use std::collections::HashMap;
 use std::ffi::c_void;

@@ -24,9 +24,10 @@ use kestrel_gguf::GgufFile;
 
 const DECODE_STEPS: usize = 64;
 
-/// Prefill `n_seqs` prompts of `prompt_len` tokens (one step each), then decode all sequences
-/// together for `DECODE_STEPS` steps on fixed tokens. Returns every decode step's logits rows
-/// and the backend's (recordings, replays).
+/// Prefill `n_seqs` prompts of `prompt_len` tokens (one step each, graphs off in every mode:
+/// a padded chunk may round differently, and this compares decode steps only), then decode all
+/// sequences together for `DECODE_STEPS` steps on fixed tokens. Returns every decode step's
+/// logits rows and the backend's (recordings, replays).
 fn decode_logits(
     f: &Arc<GgufFile>,
     vocab: usize,
@@ -36,7 +37,7 @@ fn decode_logits(
 ) -> (Vec<Vec<Vec<f32>>>, (usize, usize)) {
     let spec = kestrel_model::spec_from_gguf(f).expect("spec");
     let g = gpu();
-    g.set_graph_mode(mode);
+    g.set_graph_mode(GraphMode::Off);
     let cfg = EngineConfig {
         n_ctx: prompt_len + DECODE_STEPS + 1,
         kv_tokens: (prompt_len + DECODE_STEPS + 16) * n_seqs,
@@ -55,6 +56,7 @@ fn decode_logits(
             .collect();
         e.step(&entries).expect("prefill");
     }
+    e.backend.set_graph_mode(mode);
     let mut out = Vec::new();
     for i in 0..DECODE_STEPS {
         let entries: Vec<BatchEntry> = seqs
@@ -197,17 +199,20 @@ fn prefill_graph_replay_is_bit_identical_to_eager_launches() {
             failures.push(format!("{label}: graph vs eager (padded): {d}"));
         }
         // Padding changes no real token's inputs, only the GEMMs' row count, so cuBLAS's
-        // choice of kernel and with it the f32 summation order: differences of a few ulps per
-        // product, far below the 8-bit-activation matvecs' (1.6-4.9e-2 on whole models,
-        // tests/gemm.rs); a padding token leaking into a real one would give O(1).
+        // choice of kernel and with it the f32 summation order. Here that gives the same bits
+        // (H200, cuBLAS 13), but another chunk length or library may not: a last-bit change
+        // cascades through a random model's layers, as far as 2.7e-2 relative in the
+        // 24-layer one (a 230-token prompt padded to 240, seen on the H200). So the bound is
+        // the whole-model one for differently rounded paths (tests/gemm.rs, 6e-2); a padding
+        // token leaking into a real one's attention moves the logits by O(1).
         let worst = off
             .iter()
             .zip(&pad)
             .map(|(a, b)| rel_err(a, b))
             .fold(0.0, f64::max);
         println!("{label}: padded vs unpadded logits, largest relative error {worst:.2e}");
-        if worst > 5e-3 {
-            failures.push(format!("{label}: padded vs unpadded: {worst:.2e} > 5e-3"));
+        if worst > 6e-2 {
+            failures.push(format!("{label}: padded vs unpadded: {worst:.2e} > 6e-2"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -375,7 +380,10 @@ fn prefill_graph_report() {
                 .then(|| g.alloc_kv(slots, l.kv_dim()).expect("KV pool"))
         })
         .collect();
-    println!("| tokens | first position | eager ms | host enqueue ms | graph replay ms | graph saves | replay bits |");
+    println!(
+        "| tokens | first position | eager ms | host enqueue ms | graph replay ms | graph saves \
+         | replay bits |"
+    );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for (n, start) in cases {
         let info = chunk_step(n, start, vocab);
