@@ -2,9 +2,11 @@
 //! eagerly — padded to its bucket (`GraphMode::Pad`) and unpadded (`GraphMode::Off`) — over 64
 //! decode steps, for one sequence and for three (bucket 4, one dummy entry), across the
 //! attention split-count change at 256 keys; a replayed prefill chunk the bits of the padded
-//! chunk launched eagerly, and nearly those of the unpadded one. Plus timing reports on a model
-//! file (`KESTREL_BENCH_GGUF`): decode with and without graphs, what a graph can save a prefill
-//! chunk, and a mixed prompt-length workload with and without graphs.
+//! chunk launched eagerly, and nearly those of the unpadded one (on the CPU, which computes
+//! each token by its own chunk, padding changes no bit: runs without a GPU, and catches padding
+//! that touches a real token's K/V). Plus timing reports on a model file (`KESTREL_BENCH_GGUF`):
+//! decode with and without graphs, what a graph can save a prefill chunk, and a mixed
+//! prompt-length workload with and without graphs.
 //!
 //! Run on a GPU machine: `cargo test --release -p kestrel-cuda --test graphs -- --include-ignored`.
 
@@ -15,12 +17,17 @@ use std::time::Instant;
 
 use common::synth::{real_shaped_models, tiny_models};
 use common::*;
-use kestrel_cuda::GraphMode;
+use kestrel_cpu::backend::{CpuStep, CpuTensor, CpuWeight};
+use kestrel_cpu::ops::attention::KvPool;
+use kestrel_cpu::CpuBackend;
+use kestrel_cuda::{GraphMode, PREFILL_GRAPH_BUCKETS};
 use kestrel_engine::forward::forward;
 use kestrel_engine::{
-    Backend, BatchEntry, Chunk, Engine, EngineConfig, GraphBucket, StepInfo, KV_BLOCK,
+    AttnGeom, Backend, BatchEntry, Chunk, Engine, EngineConfig, GraphBucket, StepInfo, WeightRef,
+    KV_BLOCK,
 };
 use kestrel_gguf::GgufFile;
+use kestrel_model::{FfnKind, RopeSpec};
 
 const DECODE_STEPS: usize = 64;
 
@@ -511,4 +518,159 @@ fn prefill_mixed_report() {
         "graph stats (recorded, replays): {:?}",
         e.backend.graph_stats()
     );
+}
+
+/// The CPU backend with this backend's prefill buckets: `Engine::step` pads its prefill chunks
+/// as on the GPU (nothing is recorded). The CPU computes each token by its own chunk, whatever
+/// else shares the step, so padding must change no bit.
+struct PaddedCpu(CpuBackend);
+
+impl Backend for PaddedCpu {
+    type Weight = CpuWeight;
+    type Tensor = CpuTensor;
+    type Kv = KvPool;
+    type Step = CpuStep;
+
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn upload(&self, w: WeightRef) -> anyhow::Result<CpuWeight> {
+        self.0.upload(w)
+    }
+    fn alloc(&self, rows: usize, cols: usize) -> CpuTensor {
+        self.0.alloc(rows, cols)
+    }
+    fn alloc_kv(&self, n_slots: usize, kv_dim: usize) -> anyhow::Result<KvPool> {
+        self.0.alloc_kv(n_slots, kv_dim)
+    }
+    fn begin_step(&self, step: &StepInfo) -> CpuStep {
+        self.0.begin_step(step)
+    }
+    fn embed(&self, table: &CpuWeight, step: &CpuStep, scale: f32, out: &mut CpuTensor) {
+        self.0.embed(table, step, scale, out)
+    }
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        w: Option<&CpuWeight>,
+        width: usize,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) {
+        self.0.rms_norm(x, w, width, eps, out)
+    }
+    fn matmul(&self, w: &CpuWeight, x: &CpuTensor, out: &mut CpuTensor) {
+        self.0.matmul(w, x, out)
+    }
+    fn add_bias(&self, x: &mut CpuTensor, bias: &CpuWeight) {
+        self.0.add_bias(x, bias)
+    }
+    fn rope(
+        &self,
+        x: &mut CpuTensor,
+        head_dim: usize,
+        rope: &RopeSpec,
+        factors: Option<&CpuWeight>,
+        step: &CpuStep,
+    ) {
+        self.0.rope(x, head_dim, rope, factors, step)
+    }
+    fn kv_write(&self, k: &CpuTensor, v: &CpuTensor, kv: &mut KvPool, step: &CpuStep) {
+        self.0.kv_write(k, v, kv, step)
+    }
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        kv: &KvPool,
+        geom: AttnGeom,
+        step: &CpuStep,
+        out: &mut CpuTensor,
+    ) {
+        self.0.attention(q, kv, geom, step, out)
+    }
+    fn gated_act(&self, gate: &mut CpuTensor, up: &CpuTensor, kind: FfnKind) {
+        self.0.gated_act(gate, up, kind)
+    }
+    fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {
+        self.0.add(x, y)
+    }
+    fn scale_by(&self, x: &mut CpuTensor, s: &CpuWeight) {
+        self.0.scale_by(x, s)
+    }
+    fn scale(&self, x: &mut CpuTensor, c: f32) {
+        self.0.scale(x, c)
+    }
+    fn copy_cols(&self, src: &CpuTensor, col0: usize, out: &mut CpuTensor) {
+        self.0.copy_cols(src, col0, out)
+    }
+    fn gather_logit_rows(&self, x: &CpuTensor, step: &CpuStep, out: &mut CpuTensor) {
+        self.0.gather_logit_rows(x, step, out)
+    }
+    fn softcap(&self, x: &mut CpuTensor, cap: f32) {
+        self.0.softcap(x, cap)
+    }
+    fn copy(&self, src: &CpuTensor, dst: &mut CpuTensor) {
+        self.0.copy(src, dst)
+    }
+    fn read(&self, x: &CpuTensor) -> Vec<f32> {
+        self.0.read(x)
+    }
+    fn chunk_invariant(&self, c: Chunk) -> bool {
+        self.0.chunk_invariant(c)
+    }
+    fn prefill_graph_buckets(&self) -> &[usize] {
+        &PREFILL_GRAPH_BUCKETS
+    }
+}
+
+/// Prompts in one or two chunks (the earlier wanting no logits; 9-200 tokens, padded to 16-208,
+/// some past the sequence's blocks), then 3 decode steps each: every logits row.
+fn padded_prefill_logits<B: Backend>(b: B, f: &Arc<GgufFile>, vocab: usize) -> Vec<Vec<f32>> {
+    let spec = kestrel_model::spec_from_gguf(f).expect("spec");
+    let cfg = EngineConfig {
+        n_ctx: 512,
+        kv_tokens: 1024,
+    };
+    let mut e = Engine::load(b, spec, f, cfg, &mut |_, _| {}).expect("engine");
+    let plans: [&[usize]; 5] = [&[20], &[25, 20], &[9], &[200], &[100, 130]];
+    let mut out = Vec::new();
+    for (k, plan) in plans.iter().enumerate() {
+        let s = e.new_seq();
+        let tok = |i: usize| ((k * 104_729 + i * 31 + 13) % vocab) as u32;
+        let mut pos = 0;
+        for (c, &len) in plan.iter().enumerate() {
+            let last = c + 1 == plan.len();
+            let entries: Vec<BatchEntry> = (pos..pos + len)
+                .map(|i| BatchEntry {
+                    seq: s,
+                    token: tok(i),
+                    logits: last && i + 1 == pos + len,
+                    chunk: None,
+                })
+                .collect();
+            out.extend(e.step(&entries).expect("prefill"));
+            pos += len;
+        }
+        for i in pos..pos + 3 {
+            out.extend(
+                e.step(&BatchEntry::run(s, &[tok(i)], true))
+                    .expect("decode"),
+            );
+        }
+        e.free_seq(s);
+    }
+    out
+}
+
+#[test]
+fn prefill_padding_changes_no_bit_on_the_cpu() {
+    for (label, f, vocab) in tiny_models() {
+        let plain = padded_prefill_logits(CpuBackend::new(), &f, vocab);
+        let padded = padded_prefill_logits(PaddedCpu(CpuBackend::new()), &f, vocab);
+        assert_eq!(plain.len(), 5 * 4);
+        let rows = |v: &[Vec<f32>]| v.iter().map(|r| vec![r.clone()]).collect::<Vec<_>>();
+        if let Some(d) = first_difference(&rows(&plain), &rows(&padded)) {
+            panic!("{label}: padded vs unpadded prefill on the CPU: {d}");
+        }
+    }
 }
