@@ -1,15 +1,17 @@
 //! `Backend` for NVIDIA GPUs: device context, kernel modules, weights, the activation arena,
-//! the per-step metadata buffer, the quantized-input cache and the decode-step CUDA graphs. Ops
+//! the per-step metadata buffer, the quantized-input cache and the step CUDA graphs. Ops
 //! launch kernels from `ops/`; this file holds the plumbing.
 //!
 //! CUDA graphs (`GraphMode`, `KESTREL_CUDA_GRAPHS`): `Engine::step` pads a decode-only step to a
-//! batch-size bucket (`GRAPH_BUCKETS`) and asks for a replay. The backend keys graphs by
-//! (bucket, attention split count): with those fixed, every kernel argument of the step is fixed
-//! too — activations come from the arena at the same addresses step after step, and what changes
-//! (tokens, positions, KV slots, block tables, logit rows) sits in the step buffer at fixed
-//! offsets. A key runs eagerly once (sizing the arena), is recorded (stream capture) the next
-//! time and replayed after that with no parameter updates. Graphs are dropped when the arena or
-//! the step buffer moves.
+//! batch-size bucket (`GRAPH_BUCKETS`), and a one-chunk prefill step to a token-count bucket
+//! (`PREFILL_GRAPH_BUCKETS`), and asks for a replay. The backend keys graphs by (bucket,
+//! attention split count): with those fixed, every kernel argument of the step is fixed too —
+//! activations come from the arena at the same addresses step after step, and what changes
+//! (tokens, positions, KV slots, block tables, logit rows, the prefill run) sits in the step
+//! buffer at fixed offsets; the prefill attention kernel finds each tile's keys from the
+//! positions there. A key runs eagerly once (sizing the arena), is recorded (stream capture)
+//! the next time and replayed after that with no parameter updates. Graphs are dropped when the
+//! arena or the step buffer moves.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -20,7 +22,7 @@ use cudarc::driver::{
     result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
 };
 use cudarc::nvrtc::Ptx;
-use kestrel_engine::{AttnGeom, Backend, Chunk, StepInfo, WeightRef};
+use kestrel_engine::{AttnGeom, Backend, Chunk, GraphBucket, StepInfo, WeightRef};
 use kestrel_gguf::GgmlType;
 use kestrel_model::{FfnKind, RopeSpec};
 
@@ -42,15 +44,31 @@ pub fn driver_available() -> bool {
 /// Batch sizes decode steps are padded to and replayed at.
 pub const GRAPH_BUCKETS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 
-/// Decode-step CUDA graphs. `KESTREL_CUDA_GRAPHS=0` gives `Off`, `pad` gives `Pad`; the default
+/// Token counts one-chunk prefill steps are padded to and replayed at: every multiple of 16 up
+/// to 512. A replay saves 0.4-0.8 ms of launch overhead per step on the H200, 3-27% of a chunk
+/// of 32-512 tokens and under 3% of a 2048-token one (docs/benchmarks/cuda-prefill.md, "Prefill
+/// graphs"); 16 tokens of padding cost at most ~0.6 ms (qwen3-8b, 512 tokens), so buckets
+/// are that fine.
+pub const PREFILL_GRAPH_BUCKETS: [usize; 32] = {
+    let mut b = [0; 32];
+    let mut i = 0;
+    while i < 32 {
+        b[i] = 16 * (i + 1);
+        i += 1;
+    }
+    b
+};
+
+/// Step CUDA graphs. `KESTREL_CUDA_GRAPHS=0` gives `Off`, `pad` gives `Pad`; the default
 /// is `On`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GraphMode {
     /// Every step runs eagerly, unpadded.
     Off,
-    /// Decode steps are padded to the buckets but run eagerly (what `On` must match bit for bit).
+    /// Decode and prefill steps are padded to the buckets but run eagerly (what `On` must
+    /// match bit for bit).
     Pad,
-    /// Padded decode steps are recorded once per key and replayed.
+    /// Padded steps are recorded once per key and replayed.
     On,
 }
 
@@ -147,7 +165,7 @@ pub(crate) struct QInput {
 }
 
 /// A graph's key: (bucket, `ops::attention::launch_key`).
-type GraphKey = (usize, usize);
+type GraphKey = (GraphBucket, usize);
 
 struct Recorded {
     graph: CudaGraph,
@@ -481,7 +499,7 @@ impl CudaBackend {
         self.tables.lock().expect("lock").clone()
     }
 
-    /// Set how decode steps use CUDA graphs (tests compare `On` with `Pad`). Graphs already
+    /// Set how steps use CUDA graphs (tests compare `On` with `Pad`). Graphs already
     /// recorded stay for when the mode is `On` again.
     pub fn set_graph_mode(&self, mode: GraphMode) {
         let mut g = self.graphs.lock().expect("graphs lock");
@@ -1360,7 +1378,7 @@ impl Backend for CudaBackend {
             self.graphs.lock().expect("graphs lock").current,
             Some((_, true))
         ) {
-            panic!("a tensor read while a decode step is recorded as a CUDA graph (set KESTREL_CUDA_GRAPHS=0 to read intermediates)");
+            panic!("a tensor read while a step is recorded as a CUDA graph (set KESTREL_CUDA_GRAPHS=0 to read intermediates)");
         }
         let mut out = vec![0f32; x.len()];
         self.synchronize();
@@ -1416,7 +1434,14 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn graph_replay(&self, bucket: usize) -> Option<CudaTensor> {
+    fn prefill_graph_buckets(&self) -> &[usize] {
+        match self.graph_mode() {
+            GraphMode::Off => &[],
+            GraphMode::Pad | GraphMode::On => &PREFILL_GRAPH_BUCKETS,
+        }
+    }
+
+    fn graph_replay(&self, bucket: GraphBucket) -> Option<CudaTensor> {
         let key = (bucket, self.step_attn_key());
         let mut g = self.graphs.lock().expect("graphs lock");
         if g.mode != GraphMode::On {
@@ -1426,13 +1451,13 @@ impl Backend for CudaBackend {
         let (out, rows, cols) = (r.out, r.rows, r.cols);
         r.graph
             .launch()
-            .unwrap_or_else(|e| panic!("replaying the decode graph for {key:?}: {e:?}"));
+            .unwrap_or_else(|e| panic!("replaying the step graph for {key:?}: {e:?}"));
         g.replays += 1;
         g.current = None;
         Some(CudaTensor::alias(out, rows, cols, &self.arena))
     }
 
-    fn graph_begin(&self, bucket: usize) -> bool {
+    fn graph_begin(&self, bucket: GraphBucket) -> bool {
         let key = (bucket, self.step_attn_key());
         let cap = self.arena.lock().expect("arena lock").capacity();
         let mut g = self.graphs.lock().expect("graphs lock");
@@ -1464,7 +1489,7 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn graph_end(&self, _bucket: usize, logits: &CudaTensor) -> bool {
+    fn graph_end(&self, _bucket: GraphBucket, logits: &CudaTensor) -> bool {
         let mut g = self.graphs.lock().expect("graphs lock");
         let Some((key, true)) = g.current.take() else {
             return false;
@@ -1473,7 +1498,7 @@ impl Backend for CudaBackend {
             Ok(Some(graph)) => {
                 graph
                     .launch()
-                    .unwrap_or_else(|e| panic!("launching the decode graph for {key:?}: {e:?}"));
+                    .unwrap_or_else(|e| panic!("launching the step graph for {key:?}: {e:?}"));
                 g.recorded.insert(
                     key,
                     Recorded {

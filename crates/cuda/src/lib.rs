@@ -18,8 +18,9 @@
 //!   Matmuls of many rows (prefill, large decode batches) run as bf16 cuBLAS GEMMs on the
 //!   tensor cores instead (`ops/gemm.rs`), from resident bf16 weight copies when
 //!   `cache_weights` made them, else dequantized per call.
-//! - **Graphs**: decode steps padded to a batch bucket are recorded as CUDA graphs and replayed
-//!   with no parameter updates (`backend.rs`, `KESTREL_CUDA_GRAPHS`); greedy steps return only
+//! - **Graphs**: decode steps padded to a batch bucket, and one-chunk prefill steps of up to 512
+//!   tokens padded to a multiple of 16, are recorded as CUDA graphs and replayed with no
+//!   parameter updates (`backend.rs`, `KESTREL_CUDA_GRAPHS`); greedy steps return only
 //!   the argmax of each logits row (`argmax_rows`).
 
 mod arena;
@@ -31,7 +32,7 @@ mod table;
 
 pub use backend::{
     driver_available, supports_matmul, CudaBackend, CudaKv, CudaStep, CudaTensor, CudaWeight,
-    GraphMode, QuantStats, GRAPH_BUCKETS,
+    GraphMode, QuantStats, GRAPH_BUCKETS, PREFILL_GRAPH_BUCKETS,
 };
 pub use ops::gemm::{GemmRows, WeightCacheReport};
 pub use table::{table_on_device, TablePlacement, TableReport};

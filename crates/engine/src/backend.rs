@@ -75,6 +75,15 @@ impl Chunk {
 
 pub const KV_BLOCK: usize = 16;
 
+/// The padded form of a step replayed as a graph (see `Backend::graph_buckets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GraphBucket {
+    /// `n` sequences of one decode token each.
+    Decode(usize),
+    /// One chunk of one sequence, `n` tokens.
+    Prefill(usize),
+}
+
 /// Geometry of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnGeom {
@@ -215,31 +224,40 @@ pub trait Backend {
         true
     }
 
-    // Decode-step graphs. A backend that records and replays the ops of a step (CUDA graphs)
-    // lists batch-size buckets; `Engine::step` pads a decode-only step (one token of each of n
-    // distinct sequences, all wanting logits) to the smallest bucket ≥ n with dummy entries
-    // whose KV writes go to a reserved scratch block, so the step's shapes — and every kernel
+    // Step graphs. A backend that records and replays the ops of a step (CUDA graphs) lists
+    // buckets; `Engine::step` pads a step of a fixed form to its bucket with dummy tokens whose
+    // KV writes go to a reserved scratch block, so the step's shapes — and every kernel
     // argument — are fixed per bucket, and everything that changes from step to step lives in
-    // the step buffer `begin_step` uploads. The defaults (no buckets) run every step eagerly.
+    // the step buffer `begin_step` uploads. Two forms: a decode step (one token of each of n
+    // distinct sequences, all wanting logits) is padded with one-token sequences; a prefill
+    // step (one chunk of one sequence, at most its last token wanting logits) with tokens
+    // continuing the chunk, and its last token's logits are computed even if not wanted. The
+    // defaults (no buckets) run every step eagerly.
 
-    /// Batch sizes decode steps are padded to and replayed at; empty = no graphs.
+    /// Batch sizes decode steps are padded to and replayed at; empty = no decode graphs.
     fn graph_buckets(&self) -> &[usize] {
         &[]
     }
-    /// After `begin_step` of a padded decode step: replay the graph recorded for `bucket`, if
-    /// one is ready, and return its logits.
-    fn graph_replay(&self, _bucket: usize) -> Option<Self::Tensor> {
+    /// Token counts prefill chunks are padded to and replayed at, ascending; empty = no
+    /// prefill graphs. A chunk takes the smallest bucket that holds it, unless that is over
+    /// twice its length (the padding would cost more than a replay saves).
+    fn prefill_graph_buckets(&self) -> &[usize] {
+        &[]
+    }
+    /// After `begin_step` of a padded step: replay the graph recorded for `bucket`, if one is
+    /// ready, and return its logits.
+    fn graph_replay(&self, _bucket: GraphBucket) -> Option<Self::Tensor> {
         None
     }
     /// After `begin_step`: start recording this step's ops for `bucket` (they run only at
     /// `graph_end`). False: run this step eagerly.
-    fn graph_begin(&self, _bucket: usize) -> bool {
+    fn graph_begin(&self, _bucket: GraphBucket) -> bool {
         false
     }
     /// Stop recording; the recorded graph runs once to produce `logits` and is kept for
     /// replays. False if the recording failed: nothing ran, and the caller runs the step
     /// eagerly instead.
-    fn graph_end(&self, _bucket: usize, _logits: &Self::Tensor) -> bool {
+    fn graph_end(&self, _bucket: GraphBucket, _logits: &Self::Tensor) -> bool {
         false
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kestrel_gguf::GgufFile;
 use kestrel_model::ModelSpec;
 
-use crate::backend::{Backend, Chunk, StepInfo, KV_BLOCK};
+use crate::backend::{Backend, Chunk, GraphBucket, StepInfo, KV_BLOCK};
 use crate::forward::forward;
 use crate::kv::{BlockPool, SeqCache};
 use crate::weights::{self, Weights};
@@ -219,27 +219,45 @@ impl<B: Backend> Engine<B> {
         Ok(ids)
     }
 
-    /// The batch-size bucket a step is padded to and replayed at: a decode-only step (each
-    /// entry one token of a distinct sequence, all wanting logits) on a backend with graphs.
-    fn bucket(&self, entries: &[BatchEntry]) -> Option<usize> {
+    /// The bucket a step is padded to and replayed at, on a backend with graphs: a decode step
+    /// (each entry one token of a distinct sequence, all wanting logits) by its entries; a
+    /// prefill step (the entries one chunk of one sequence, at most the last wanting logits) by
+    /// its tokens, when the bucket is at most twice that.
+    fn bucket(&self, entries: &[BatchEntry], info: &StepInfo) -> Option<GraphBucket> {
         let n = entries.len();
-        let bucket = *self.backend.graph_buckets().iter().find(|&&b| b >= n)?;
+        let first = entries.first()?;
         let distinct = entries
             .iter()
             .enumerate()
             .all(|(i, e)| e.logits && entries[..i].iter().all(|o| o.seq != e.seq));
-        (n > 0 && distinct).then_some(bucket)
+        if distinct {
+            let b = *self.backend.graph_buckets().iter().find(|&&b| b >= n)?;
+            return Some(GraphBucket::Decode(b));
+        }
+        let c0 = info.chunks[0];
+        let one_chunk = entries.iter().all(|e| e.seq == first.seq)
+            && (info.chunks.iter().enumerate())
+                .all(|(i, c)| c.len == c0.len && c.index == c0.index + i as u32)
+            && info.logit_rows.iter().all(|&r| r as usize == n - 1);
+        let b = *self
+            .backend
+            .prefill_graph_buckets()
+            .iter()
+            .find(|&&b| b >= n)?;
+        (one_chunk && b <= 2 * n).then_some(GraphBucket::Prefill(b))
     }
 
     /// Plan, upload and run one step's forward pass (replaying or recording a graph for
-    /// padded decode steps). Returns the logits on the device and how many of their rows
-    /// belong to `entries` (the rest are padding).
+    /// padded steps). Returns the logits on the device and how many of their rows belong to
+    /// `entries` (the rest are padding).
     fn run(&mut self, entries: &[BatchEntry]) -> Result<(B::Tensor, usize), EngineError> {
-        let bucket = self.bucket(entries);
         let mut info = self.plan(entries)?;
         let n_real = info.logit_rows.len();
-        if let Some(b) = bucket {
-            self.pad(&mut info, b);
+        let bucket = self.bucket(entries, &info);
+        match bucket {
+            Some(GraphBucket::Decode(b)) => self.pad(&mut info, b),
+            Some(GraphBucket::Prefill(b)) => self.pad_prefill(&mut info, b),
+            None => {}
         }
         let step = self.backend.begin_step(&info);
         let (n_tokens, n_logits) = (info.tokens.len(), info.logit_rows.len());
@@ -271,6 +289,35 @@ impl<B: Backend> Engine<B> {
             info.chunks.push(Chunk::SINGLE);
             info.seq_index.push(info.block_tables.len() as u32);
             info.block_tables.push(vec![scratch]);
+        }
+    }
+
+    /// Pad a planned prefill chunk to `bucket` tokens: token 0 at the positions after it, in
+    /// its chunk (so the step stays one run of the prefill attention), writing K/V to the
+    /// scratch block, whose blocks past the sequence's own are the scratch block too. Real
+    /// tokens never attend to later positions, so the padding changes none of their values.
+    /// The step's one logit row is the last real token's, wanted or not.
+    fn pad_prefill(&self, info: &mut StepInfo, bucket: usize) {
+        let scratch = self.pool.n_blocks() as u32;
+        let n = info.tokens.len();
+        let (last, chunk) = (info.positions[n - 1], info.chunks[n - 1]);
+        for i in 1..=(bucket - n) as u32 {
+            let pos = last + i;
+            info.tokens.push(0);
+            info.positions.push(pos);
+            info.slots
+                .push(scratch * KV_BLOCK as u32 + pos % KV_BLOCK as u32);
+            info.seq_index.push(0);
+            info.chunks.push(Chunk {
+                len: chunk.len,
+                index: chunk.index + i,
+            });
+        }
+        let blocks = (last as usize + 1 + bucket - n).div_ceil(KV_BLOCK);
+        let bt = &mut info.block_tables[0];
+        bt.resize(bt.len().max(blocks), scratch);
+        if info.logit_rows.is_empty() {
+            info.logit_rows.push(n as u32 - 1);
         }
     }
 

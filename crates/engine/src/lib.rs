@@ -11,7 +11,7 @@ pub mod scheduler;
 pub mod stop;
 pub mod weights;
 
-pub use backend::{AttnGeom, Backend, Chunk, StepInfo, WeightRef, KV_BLOCK};
+pub use backend::{AttnGeom, Backend, Chunk, GraphBucket, StepInfo, WeightRef, KV_BLOCK};
 pub use engine::{BatchEntry, Engine, EngineConfig, EngineError, SeqId};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, StepLogprobs};
 pub use sampler::{Sampler, SamplerParams};
