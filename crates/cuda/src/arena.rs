@@ -7,9 +7,12 @@
 //! stack.
 //!
 //! Sizing is lazy, with growth only between steps: an allocation past the end of the buffer gets
-//! its own `cuMemAlloc` for the rest of the step (counted in the step's peak), and the next
-//! `reset` replaces the buffer with one of 5/4 of that peak. So a new largest shape costs one
-//! slower step, then runs from the arena. `CudaBackend::reserve_activations` presizes it.
+//! its own `cuMemAlloc`, freed (stream-ordered) when its slot is popped, and the next `reset`
+//! replaces the buffer with one of 5/4 of the step's peak. So a new largest shape costs one
+//! slower step, then runs from the arena; freeing as slots pop keeps that step's memory at its
+//! peak, not at the sum of every allocation made past the end (a first prefill of a 42-layer
+//! model otherwise holds several GiB until the step ends). `CudaBackend::reserve_activations`
+//! presizes it.
 
 use std::sync::Arc;
 
@@ -22,6 +25,8 @@ struct Slot {
     offset: usize,
     size: usize,
     live: bool,
+    /// Its own buffer, when it lay past the end of the arena (freed as the slot is dropped).
+    _overflow: Option<CudaSlice<u8>>,
 }
 
 pub struct Arena {
@@ -32,7 +37,6 @@ pub struct Arena {
     top: usize,
     peak: usize,
     stack: Vec<Slot>,
-    overflow: Vec<CudaSlice<u8>>,
     generation: u64,
     /// Bumped whenever the buffer is replaced (its addresses change).
     epoch: u64,
@@ -65,7 +69,6 @@ impl Arena {
             top: 0,
             peak: 0,
             stack: Vec::new(),
-            overflow: Vec::new(),
             generation: 0,
             epoch: 0,
         }
@@ -117,9 +120,7 @@ impl Arena {
         self.top = 0;
         self.peak = 0;
         self.generation += 1;
-        if !self.overflow.is_empty() || want > self.cap {
-            self.stream.synchronize()?;
-            self.overflow.clear();
+        if want > self.cap {
             self.reserve(want + want / 4)?;
         }
         Ok(())
@@ -131,8 +132,8 @@ impl Arena {
         let offset = self.top;
         self.top += size;
         self.peak = self.peak.max(self.top);
-        let ptr = if self.top <= self.cap {
-            self.base + offset as u64
+        let (ptr, overflow) = if self.top <= self.cap {
+            (self.base + offset as u64, None)
         } else {
             // SAFETY: as in `reserve`.
             let buf = unsafe { self.stream.alloc::<u8>(size) }?;
@@ -140,13 +141,13 @@ impl Arena {
                 let (p, _sync) = buf.device_ptr(&self.stream);
                 p
             };
-            self.overflow.push(buf);
-            p
+            (p, Some(buf))
         };
         self.stack.push(Slot {
             offset,
             size,
             live: true,
+            _overflow: overflow,
         });
         Ok((
             ptr,
@@ -157,7 +158,8 @@ impl Arena {
         ))
     }
 
-    /// Free an allocation: mark it dead and pop dead slots off the top.
+    /// Free an allocation: mark it dead and pop dead slots off the top (an overflow buffer is
+    /// freed in stream order: kernels queued on it still run first).
     pub fn free(&mut self, id: AllocId) {
         if id.generation != self.generation {
             return;
