@@ -216,6 +216,28 @@ __device__ __forceinline__ int fd_splits(int n_keys, int unit, int max_splits, i
     return (rounds + rps - 1) / rps;
 }
 
+// The keys of this block's split of its token (blockIdx.y, or the row list's entry):
+// [k0, k1) of token t. False when the block has nothing to do: the token
+// takes attention_d* (at most `exact_keys` keys) or has fewer splits than blockIdx.z + 1.
+struct FdKeys {
+    int t, k0, k1;
+};
+__device__ __forceinline__ bool fd_keys(const u32* positions, int window, int exact_keys, int unit, int max_splits,
+                                        const u32* rows, FdKeys* r) {
+    const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
+    const int pos = (int)positions[t];
+    const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
+    const int n_keys = pos + 1 - lo;
+    if (n_keys <= exact_keys) return false;
+    int chunk;
+    const int ns = fd_splits(n_keys, unit, max_splits, &chunk);
+    if ((int)blockIdx.z >= ns) return false;
+    r->t = t;
+    r->k0 = lo + blockIdx.z * chunk;
+    r->k1 = min(pos + 1, r->k0 + chunk);
+    return true;
+}
+
 template <int NP>
 __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u16* vc, float* part,
                                           const u32* positions, const u32* seq_index, const u32* bt_off,
@@ -229,18 +251,11 @@ __device__ __forceinline__ void attn_fd_t(const float* q, const u16* kc, const u
     __shared__ float m_sh[FD_MAXG], l_sh[FD_MAXG], al_sh[FD_MAXG];
     PDL_START();
     const int split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
     const int h0 = blockIdx.x * gb;
     const int kvh = h0 / (n_head / n_kv_head);
-    const int pos = (int)positions[t];
-    const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
-    const int n_keys = pos + 1 - lo;
-    if (n_keys <= exact_keys) return;  // attention_d*'s token
-    int chunk;
-    const int ns = fd_splits(n_keys, unit, max_splits, &chunk);
-    if (split >= ns) return;
-    const int k0 = lo + split * chunk;
-    const int k1 = min(pos + 1, k0 + chunk);
+    FdKeys r;
+    if (!fd_keys(positions, window, exact_keys, unit, max_splits, rows, &r)) return;
+    const int t = r.t, k0 = r.k0, k1 = r.k1;
     const u32* table = bt_flat + bt_off[seq_index[t]];
     // Q rounded to f16, as the exact kernel and the CPU do, kept in f32.
     for (int e = tid; e < gb * hd; e += ATT_THREADS) qs[e] = round_f16(q[((u64)t * n_head + h0) * hd + e]);
@@ -480,18 +495,11 @@ __device__ __forceinline__ void attn_fdt(const float* q, const u16* kc, const u1
     __shared__ float mw[FDT_WARPS][8], lw[FDT_WARPS][8];
     PDL_START();
     const int split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int t = rows ? (int)rows[blockIdx.y] : (int)blockIdx.y;
     const int h0 = blockIdx.x * gb;
     const int kvh = h0 / (n_head / n_kv_head);
-    const int pos = (int)positions[t];
-    const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
-    const int n_keys = pos + 1 - lo;
-    if (n_keys <= exact_keys) return;  // attention_d*'s token
-    int chunk;
-    const int ns = fd_splits(n_keys, unit, max_splits, &chunk);
-    if (split >= ns) return;
-    const int k0 = lo + split * chunk;
-    const int k1 = min(pos + 1, k0 + chunk);
+    FdKeys r;
+    if (!fd_keys(positions, window, exact_keys, unit, max_splits, rows, &r)) return;
+    const int t = r.t, k0 = r.k0, k1 = r.k1;
     const u32* table = bt_flat + bt_off[seq_index[t]];
     u16* ring = fdt_smem + warp * ST * STAGE;
     const u64 head_off = (u64)kvh * HD;
