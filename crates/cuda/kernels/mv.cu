@@ -360,6 +360,30 @@ __device__ __forceinline__ void mv(const u8* W, u64 row_bytes, int rows, int nb,
 // matmul.rs `matmuls`) in one launch; segments past `nseg` are never reached. U = 2 units per
 // row in flight for 1-2 tokens, 1 above (the decoded units of R rows and R * NT sums must stay
 // in registers).
+// Blocks of 128 threads per SM the compiler must make room for (registers <= 65536 / (128 n)).
+// Left free, the R = 2 kernels of 1-2 tokens take Q4_K 116 and Q6_K 137 registers: 4 and 3
+// blocks per SM. Measured on the H200 (docs/benchmarks/cuda-matvec.md, "Occupancy of the 1-2
+// token kernels"): Q6_K at 4 blocks (122 registers, no spill) is 13% faster on the 8B's down
+// and LM head; Q4_K's 1-token kernel at 5 blocks (96 registers, 4 bytes of spill) is 6% faster
+// on q/o (4096 rows: the whole grid resident at once) and 2-4% slower on down, k/v and the
+// 0.6B's matrices; its 2-token kernel spills at 96 registers and loses 5-20%, so it keeps 4.
+template <class T, int NT, int R>
+struct MinBlocks {
+    enum { n = R == 4 && NT >= 4 ? 3 : 1 };
+};
+template <>
+struct MinBlocks<Q4K, 1, 2> {
+    enum { n = 5 };
+};
+template <>
+struct MinBlocks<Q6KR, 1, 2> {
+    enum { n = 4 };
+};
+template <>
+struct MinBlocks<Q6KR, 2, 2> {
+    enum { n = 4 };
+};
+
 template <class T, int NT, int R>
 __device__ __forceinline__ void mv_segs(const Act a, int nb, int n_tok, MV_SEG(0), MV_SEG(1), MV_SEG(2)) {
     const int bx = blockIdx.x;
@@ -369,7 +393,7 @@ __device__ __forceinline__ void mv_segs(const Act a, int nb, int n_tok, MV_SEG(0
                                     bx - first);
 }
 #define MVK(T, ty, NT, R)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(MV_THREADS, (R == 4 && NT >= 4 ? 3 : 1))                 \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, MinBlocks<T, NT, R>::n)                      \
         mv_##ty##_##NT##_##R(const i8* xc, const void* xd, const void* xs, int nb, int n_tok, MV_SEG(0), \
                              MV_SEG(1), MV_SEG(2)) {                                                      \
         mv_segs<T, NT, R>(Act{xc, xd, xs}, nb, n_tok, W0, rb0, rows0, out0, G0, end0, W1, rb1, rows1,    \
