@@ -20,7 +20,6 @@ use kestrel_cuda::ops::attention::{
 use kestrel_cuda::{CudaBackend, CudaKv, CudaTensor};
 use kestrel_engine::{AttnGeom, Backend, StepInfo};
 use rand::rngs::StdRng;
-use rand::Rng;
 
 /// One sequence per length, blocks scattered over the pool, every position's K/V written (on
 /// the GPU, and on the CPU when given) in one step. `kx`/`vx` row `base[s] + p` is position p of
@@ -41,32 +40,19 @@ fn caches(
     kv_dim: usize,
     lens: &[usize],
 ) -> Caches {
-    let n_blocks: usize = lens.iter().map(|l| l.div_ceil(16)).sum();
-    let mut perm: Vec<u32> = (0..n_blocks as u32).collect();
-    for i in (1..perm.len()).rev() {
-        perm.swap(i, r.gen_range(0..=i));
-    }
-    let (mut tables, mut base, mut at, mut row) = (Vec::new(), Vec::new(), 0, 0);
-    for &l in lens {
-        tables.push(perm[at..at + l.div_ceil(16)].to_vec());
-        at += l.div_ceil(16);
-        base.push(row);
-        row += l;
-    }
-    let mut fill = StepInfo::default();
-    for (s, &l) in lens.iter().enumerate() {
-        for p in 0..l {
-            fill.tokens.push(0);
-            fill.positions.push(p as u32);
-            fill.slots.push(tables[s][p / 16] * 16 + (p % 16) as u32);
-            fill.seq_index.push(s as u32);
-        }
-    }
-    fill.block_tables = tables.clone();
-    fill.logit_rows = vec![0];
+    let (tables, n_slots) = scattered_tables(lens, r);
+    // Each sequence's first row in the fill step's K/V.
+    let base: Vec<usize> = lens
+        .iter()
+        .scan(0, |row, &l| {
+            *row += l;
+            Some(*row - l)
+        })
+        .collect();
+    let fill = fill_step(lens, &tables);
     let nf = fill.tokens.len();
     let (kx, vx) = (normals(r, nf * kv_dim, 1.5), normals(r, nf * kv_dim, 1.0));
-    let mut kvg = g.alloc_kv(n_blocks * 16, kv_dim).unwrap();
+    let mut kvg = g.alloc_kv(n_slots, kv_dim).unwrap();
     let sg = g.begin_step(&fill);
     g.kv_write(
         &gpu_in(g, nf, kv_dim, &kx),
@@ -75,7 +61,7 @@ fn caches(
         &sg,
     );
     let kvc = cpu.map(|cpu| {
-        let mut kvc = cpu.alloc_kv(n_blocks * 16, kv_dim).unwrap();
+        let mut kvc = cpu.alloc_kv(n_slots, kv_dim).unwrap();
         let sc = cpu.begin_step(&fill);
         cpu.kv_write(
             &cpu_in(cpu, nf, kv_dim, &kx),

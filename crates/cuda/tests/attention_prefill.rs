@@ -20,7 +20,6 @@ use kestrel_cpu::CpuBackend;
 use kestrel_cuda::{CudaBackend, CudaKv};
 use kestrel_engine::{AttnGeom, Backend, Chunk, StepInfo};
 use rand::rngs::StdRng;
-use rand::Rng;
 
 /// A sequence's cache: its block table and the K/V rows written so far, by position.
 struct Seq {
@@ -42,25 +41,6 @@ struct Case {
     steps: Vec<Vec<(usize, usize)>>,
     /// `set_prefill_min` for the case (1: every run takes the prefill kernel).
     min: usize,
-}
-
-/// Scattered block tables for sequences of the given capacities; returns them and the slots.
-fn tables(caps: &[usize], r: &mut StdRng) -> (Vec<Vec<u32>>, usize) {
-    let n_blocks: usize = caps.iter().map(|c| c.div_ceil(16)).sum();
-    let mut perm: Vec<u32> = (0..n_blocks as u32).collect();
-    for i in (1..perm.len()).rev() {
-        perm.swap(i, r.gen_range(0..=i));
-    }
-    let mut at = 0;
-    let t = caps
-        .iter()
-        .map(|c| {
-            let b = perm[at..at + c.div_ceil(16)].to_vec();
-            at += c.div_ceil(16);
-            b
-        })
-        .collect();
-    (t, n_blocks * 16)
 }
 
 fn step_info(seqs: &[Seq], chunks: &[(usize, usize)]) -> StepInfo {
@@ -223,7 +203,7 @@ fn prefill_attention_matches_exact_and_cpu() {
         g.set_prefill_min(case.min);
         let mut r = rng(7000 + ci as u64);
         let kv_dim = case.n_kv * case.hd;
-        let (tbl, n_slots) = tables(&case.caps, &mut r);
+        let (tbl, n_slots) = scattered_tables(&case.caps, &mut r);
         let mut seqs: Vec<Seq> = tbl
             .into_iter()
             .map(|table| Seq {
@@ -513,7 +493,7 @@ fn prefill_rows_are_the_same_bits_in_any_chunk() {
         let mut r = rng(500 + k as u64);
         let kv_dim = n_kv * hd;
         let qd = n_head * hd;
-        let (tbl, n_slots) = tables(&[100, 20], &mut r);
+        let (tbl, n_slots) = scattered_tables(&[100, 20], &mut r);
         let mut kv = g.alloc_kv(n_slots, kv_dim).unwrap();
         // Fill both sequences' caches: 100 tokens of A, 20 of B.
         let seqs: Vec<Seq> = tbl

@@ -273,25 +273,10 @@ fn every_op_matches_inside_whole_models() {
         let mut e = Engine::load(dual, spec, &f, cfg, &mut |_, _| {}).expect("engine");
         let s = e.new_seq();
         let prompt: Vec<u32> = (0..20u32).map(|i| (i * 7919 + 5) % vocab as u32).collect();
-        let entries: Vec<BatchEntry> = prompt
-            .iter()
-            .enumerate()
-            .map(|(i, &token)| BatchEntry {
-                seq: s,
-                token,
-                logits: i + 1 == prompt.len(),
-                chunk: None,
-            })
-            .collect();
+        let entries: Vec<BatchEntry> = BatchEntry::run(s, &prompt, true);
         e.step(&entries).expect("prefill");
         for t in [3u32, 99, 250].map(|t| t % vocab as u32) {
-            e.step(&[BatchEntry {
-                seq: s,
-                token: t,
-                logits: true,
-                chunk: None,
-            }])
-            .expect("decode");
+            e.step(&[BatchEntry::decode(s, t)]).expect("decode");
         }
         // A second sequence's prompt and the first one's decode in one step, then both decoding.
         let s2 = e.new_seq();
@@ -303,28 +288,10 @@ fn every_op_matches_inside_whole_models() {
                 chunk: None,
             })
             .collect();
-        mixed.push(BatchEntry {
-            seq: s,
-            token: 7,
-            logits: true,
-            chunk: None,
-        });
+        mixed.push(BatchEntry::decode(s, 7));
         e.step(&mixed).expect("mixed step");
-        e.step(&[
-            BatchEntry {
-                seq: s2,
-                token: 1,
-                logits: true,
-                chunk: None,
-            },
-            BatchEntry {
-                seq: s,
-                token: 2,
-                logits: true,
-                chunk: None,
-            },
-        ])
-        .expect("batched decode");
+        e.step(&[BatchEntry::decode(s2, 1), BatchEntry::decode(s, 2)])
+            .expect("batched decode");
         let rep = e.backend.report.borrow();
         println!(
             "{label}: {} op calls, {} above 1e-5",

@@ -362,11 +362,8 @@ fn decode_steps_with_gemms_replay_as_graphs() {
                     let entries: Vec<BatchEntry> = seqs
                         .iter()
                         .enumerate()
-                        .map(|(k, &seq)| BatchEntry {
-                            seq,
-                            token: ((k * 13 + i * 101) % vocab) as u32,
-                            logits: true,
-                            chunk: None,
+                        .map(|(k, &seq)| {
+                            BatchEntry::decode(seq, ((k * 13 + i * 101) % vocab) as u32)
                         })
                         .collect();
                     rows.push(e.step(&entries).expect("decode").concat());
@@ -425,16 +422,7 @@ fn batched_prompt_matches_token_by_token() {
                 println!("{label}: {rep}");
             }
             let s = e.new_seq();
-            let entries: Vec<BatchEntry> = prompt
-                .iter()
-                .enumerate()
-                .map(|(i, &token)| BatchEntry {
-                    seq: s,
-                    token,
-                    logits: i + 1 == plen,
-                    chunk: None,
-                })
-                .collect();
+            let entries: Vec<BatchEntry> = BatchEntry::run(s, &prompt, true);
             batched.push((s, e.step(&entries).expect("batched prompt").remove(0)));
         }
         let e_cache = rel_err(&batched[1].1, &batched[0].1);
@@ -449,12 +437,7 @@ fn batched_prompt_matches_token_by_token() {
         let mut lt = Vec::new();
         for &token in &prompt {
             lt = e
-                .step(&[BatchEntry {
-                    seq: t,
-                    token,
-                    logits: true,
-                    chunk: None,
-                }])
+                .step(&[BatchEntry::decode(t, token)])
                 .expect("token step")
                 .remove(0);
         }
@@ -486,21 +469,11 @@ fn batched_prompt_matches_token_by_token() {
                 break;
             }
             lb = e
-                .step(&[BatchEntry {
-                    seq: s,
-                    token: ab,
-                    logits: true,
-                    chunk: None,
-                }])
+                .step(&[BatchEntry::decode(s, ab)])
                 .expect("decode")
                 .remove(0);
             lt = e
-                .step(&[BatchEntry {
-                    seq: t,
-                    token: at,
-                    logits: true,
-                    chunk: None,
-                }])
+                .step(&[BatchEntry::decode(t, at)])
                 .expect("decode")
                 .remove(0);
         }

@@ -225,6 +225,18 @@ fn prefill_graph_replay_is_bit_identical_to_eager_launches() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The model the report tests time (`KESTREL_BENCH_GGUF`, e.g. from `kestrel synth`): its path,
+/// file and spec, or None with a note when it is not set.
+fn bench_model() -> Option<(String, Arc<GgufFile>, kestrel_model::ModelSpec)> {
+    let Ok(path) = std::env::var("KESTREL_BENCH_GGUF") else {
+        println!("KESTREL_BENCH_GGUF is not set: skipped");
+        return None;
+    };
+    let f = Arc::new(GgufFile::open(&path).expect("model file"));
+    let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
+    Some((path, f, spec))
+}
+
 /// Not a check: decode speed with and without graphs on the model at `KESTREL_BENCH_GGUF`
 /// (e.g. from `kestrel synth`), for batches of 1 to 64 sequences after a 64-token prompt each,
 /// greedy tokens from `step_argmax` (what `kestrel run --temp 0` and the server do). The same
@@ -232,12 +244,9 @@ fn prefill_graph_replay_is_bit_identical_to_eager_launches() {
 #[test]
 #[ignore = "needs CUDA and KESTREL_BENCH_GGUF"]
 fn decode_speed_report() {
-    let Ok(path) = std::env::var("KESTREL_BENCH_GGUF") else {
-        println!("KESTREL_BENCH_GGUF is not set: skipped");
+    let Some((path, f, spec)) = bench_model() else {
         return;
     };
-    let f = Arc::new(GgufFile::open(&path).expect("model file"));
-    let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
     let vocab = spec.n_vocab;
     let (prompt, steps, reps) = (64usize, 16usize, 3usize);
     let g = gpu();
@@ -287,12 +296,7 @@ fn decode_speed_report() {
                     let entries: Vec<BatchEntry> = seqs
                         .iter()
                         .zip(&toks)
-                        .map(|(&seq, &token)| BatchEntry {
-                            seq,
-                            token,
-                            logits: true,
-                            chunk: None,
-                        })
+                        .map(|(&seq, &token)| BatchEntry::decode(seq, token))
                         .collect();
                     toks = e.step_argmax(&entries).expect("decode");
                 }
@@ -352,12 +356,9 @@ fn chunk_step(n: usize, start: usize, vocab: usize) -> StepInfo {
 #[test]
 #[ignore = "needs CUDA and KESTREL_BENCH_GGUF"]
 fn prefill_graph_report() {
-    let Ok(path) = std::env::var("KESTREL_BENCH_GGUF") else {
-        println!("KESTREL_BENCH_GGUF is not set: skipped");
+    let Some((path, f, spec)) = bench_model() else {
         return;
     };
-    let f = Arc::new(GgufFile::open(&path).expect("model file"));
-    let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
     let vocab = spec.n_vocab;
     let g = gpu();
     g.set_graph_mode(GraphMode::On);
@@ -460,12 +461,9 @@ fn prefill_graph_report() {
 #[test]
 #[ignore = "needs CUDA and KESTREL_BENCH_GGUF"]
 fn prefill_mixed_report() {
-    let Ok(path) = std::env::var("KESTREL_BENCH_GGUF") else {
-        println!("KESTREL_BENCH_GGUF is not set: skipped");
+    let Some((path, f, spec)) = bench_model() else {
         return;
     };
-    let f = Arc::new(GgufFile::open(&path).expect("model file"));
-    let spec = kestrel_model::spec_from_gguf(&f).expect("spec");
     let vocab = spec.n_vocab;
     let cfg = EngineConfig {
         n_ctx: 1024,

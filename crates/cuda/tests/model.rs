@@ -83,18 +83,7 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
     let mut seqs = Vec::new();
     for (pi, prompt) in prompts.iter().enumerate() {
         let (sc, sg) = (ce.new_seq(), ge.new_seq());
-        let entries = |seq| -> Vec<BatchEntry> {
-            prompt
-                .iter()
-                .enumerate()
-                .map(|(i, &token)| BatchEntry {
-                    seq,
-                    token,
-                    logits: i + 1 == prompt.len(),
-                    chunk: None,
-                })
-                .collect()
-        };
+        let entries = |seq| -> Vec<BatchEntry> { BatchEntry::run(seq, prompt, true) };
         let mut lc = ce.step(&entries(sc)).expect("CPU step").remove(0);
         let mut lg = ge.step(&entries(sg)).expect("GPU step").remove(0);
         let (mut toks_c, mut toks_g) = (Vec::new(), Vec::new());
@@ -133,23 +122,13 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
             // Both continue with the CPU's token so logits stay comparable after a tie.
             let t0 = Instant::now();
             lc = ce
-                .step(&[BatchEntry {
-                    seq: sc,
-                    token: tc,
-                    logits: true,
-                    chunk: None,
-                }])
+                .step(&[BatchEntry::decode(sc, tc)])
                 .expect("CPU step")
                 .remove(0);
             cpu_t += t0.elapsed().as_secs_f64();
             let t0 = Instant::now();
             lg = ge
-                .step(&[BatchEntry {
-                    seq: sg,
-                    token: tc,
-                    logits: true,
-                    chunk: None,
-                }])
+                .step(&[BatchEntry::decode(sg, tc)])
                 .expect("GPU step")
                 .remove(0);
             gpu_t += t0.elapsed().as_secs_f64();
@@ -161,21 +140,11 @@ fn compare(label: &str, file: &Arc<GgufFile>, prompts: &[Vec<u32>]) -> Report {
     // One step decoding every sequence at once (multi-sequence batch, one block table each).
     let ec: Vec<BatchEntry> = seqs
         .iter()
-        .map(|&(sc, _, t)| BatchEntry {
-            seq: sc,
-            token: t,
-            logits: true,
-            chunk: None,
-        })
+        .map(|&(sc, _, t)| BatchEntry::decode(sc, t))
         .collect();
     let eg: Vec<BatchEntry> = seqs
         .iter()
-        .map(|&(_, sg, t)| BatchEntry {
-            seq: sg,
-            token: t,
-            logits: true,
-            chunk: None,
-        })
+        .map(|&(_, sg, t)| BatchEntry::decode(sg, t))
         .collect();
     let (lc, lg) = (
         ce.step(&ec).expect("CPU batch"),

@@ -1102,33 +1102,12 @@ fn attention_splits_long_contexts() {
     .enumerate()
     {
         let mut r = rng(900 + k as u64);
-        // One sequence per length; blocks scattered by a stride.
-        let n_blocks: usize = lens.iter().map(|l| l.div_ceil(16)).sum();
-        let mut perm: Vec<u32> = (0..n_blocks as u32).collect();
-        for i in (1..perm.len()).rev() {
-            perm.swap(i, r.gen_range(0..=i));
-        }
-        let mut tables = Vec::new();
-        let mut at = 0;
-        for &l in &lens {
-            tables.push(perm[at..at + l.div_ceil(16)].to_vec());
-            at += l.div_ceil(16);
-        }
-        let n_slots = n_blocks * 16;
+        // One sequence per length; blocks scattered over the pool.
+        let (tables, n_slots) = scattered_tables(&lens, &mut r);
         let mut kvg = g.alloc_kv(n_slots, kv_dim).unwrap();
         let mut kvc = cpu.alloc_kv(n_slots, kv_dim).unwrap();
         // Write every sequence's keys in one prefill-like step (all positions).
-        let mut fill = StepInfo::default();
-        for (s, &l) in lens.iter().enumerate() {
-            for p in 0..l {
-                fill.tokens.push(0);
-                fill.positions.push(p as u32);
-                fill.slots.push(tables[s][p / 16] * 16 + (p % 16) as u32);
-                fill.seq_index.push(s as u32);
-            }
-        }
-        fill.block_tables = tables.clone();
-        fill.logit_rows = vec![0];
+        let fill = fill_step(&lens, &tables);
         let nf = fill.tokens.len();
         let (kx, vx) = (
             normals(&mut r, nf * kv_dim, 1.5),

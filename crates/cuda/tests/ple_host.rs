@@ -54,13 +54,7 @@ fn run(
         e.backend.set_graph_mode(mode);
         let seq = e.new_seq();
         let entries = |r: std::ops::Range<usize>| -> Vec<BatchEntry> {
-            r.map(|i| BatchEntry {
-                seq,
-                token: tok(i),
-                logits: true,
-                chunk: None,
-            })
-            .collect()
+            r.map(|i| BatchEntry::decode(seq, tok(i))).collect()
         };
         out[m].extend(e.step(&entries(0..PROMPT / 2)).expect("prefill"));
         out[m].extend(e.step(&entries(PROMPT / 2..PROMPT)).expect("prefill"));

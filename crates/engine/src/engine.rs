@@ -45,6 +45,16 @@ pub struct BatchEntry {
 }
 
 impl BatchEntry {
+    /// One decode token of `seq`, wanting logits.
+    pub fn decode(seq: SeqId, token: u32) -> BatchEntry {
+        BatchEntry {
+            seq,
+            token,
+            logits: true,
+            chunk: None,
+        }
+    }
+
     /// The entries of `tokens` of one sequence run together, the last one wanting logits if
     /// `last_logits`.
     pub fn run(seq: SeqId, tokens: &[u32], last_logits: bool) -> Vec<BatchEntry> {

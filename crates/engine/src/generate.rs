@@ -180,12 +180,7 @@ pub fn generate<B: Backend>(
         if out.generated_ids.len() >= params.max_tokens {
             break;
         }
-        let entry = [BatchEntry {
-            seq,
-            token,
-            logits: true,
-            chunk: None,
-        }];
+        let entry = [BatchEntry::decode(seq, token)];
         if argmax_only {
             picked = engine.step_argmax(&entry)?.pop();
         } else {

@@ -248,12 +248,7 @@ fn measure_batch<B: Backend>(
             let entries: Vec<BatchEntry> = seqs
                 .iter()
                 .zip(&next)
-                .map(|(&seq, &token)| BatchEntry {
-                    seq,
-                    token,
-                    logits: true,
-                    chunk: None,
-                })
+                .map(|(&seq, &token)| BatchEntry::decode(seq, token))
                 .collect();
             next = e.step_argmax(&entries)?;
         }

@@ -101,12 +101,7 @@ pub fn run<B: Backend>(backend: B, file: &Arc<GgufFile>, prompt: &[u32], n_total
     let seq = e.new_seq();
     let entries = |toks: &[u32]| -> Vec<BatchEntry> {
         toks.iter()
-            .map(|&token| BatchEntry {
-                seq,
-                token,
-                logits: true,
-                chunk: None,
-            })
+            .map(|&token| BatchEntry::decode(seq, token))
             .collect()
     };
     let split = prompt.len() / 2;

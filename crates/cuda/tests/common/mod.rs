@@ -237,3 +237,40 @@ pub fn simple_step(tokens: Vec<u32>) -> StepInfo {
         ..Default::default()
     }
 }
+
+/// Block tables for sequences of the given capacities (tokens), their blocks scattered over the
+/// pool by a random permutation; returns them and the pool's slots.
+pub fn scattered_tables(caps: &[usize], r: &mut StdRng) -> (Vec<Vec<u32>>, usize) {
+    let n_blocks: usize = caps.iter().map(|c| c.div_ceil(16)).sum();
+    let mut perm: Vec<u32> = (0..n_blocks as u32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, r.gen_range(0..=i));
+    }
+    let mut at = 0;
+    let t = caps
+        .iter()
+        .map(|c| {
+            let b = perm[at..at + c.div_ceil(16)].to_vec();
+            at += c.div_ceil(16);
+            b
+        })
+        .collect();
+    (t, n_blocks * 16)
+}
+
+/// A step that writes every position of sequences of `lens` tokens in `tables` (filling their
+/// caches in one prefill-like step).
+pub fn fill_step(lens: &[usize], tables: &[Vec<u32>]) -> StepInfo {
+    let mut fill = StepInfo::default();
+    for (s, &l) in lens.iter().enumerate() {
+        for p in 0..l {
+            fill.tokens.push(0);
+            fill.positions.push(p as u32);
+            fill.slots.push(tables[s][p / 16] * 16 + (p % 16) as u32);
+            fill.seq_index.push(s as u32);
+        }
+    }
+    fill.block_tables = tables.to_vec();
+    fill.logit_rows = vec![0];
+    fill
+}
