@@ -195,10 +195,17 @@ fn run_chunk<B: Backend>(
 
 /// Untimed runs before the timed ones of `measure`: a backend with graphs runs a step shape
 /// eagerly the first time it sees it and records it the second (a prompt of a few chunks
-/// shows each shape once a run), so the timed runs replay, as a long-running process does.
-const WARMUP: usize = 2;
+/// shows each shape once a run), so the timed runs replay, as a long-running process does;
+/// one warms a backend without.
+fn warmups<B: Backend>(b: &B) -> usize {
+    if b.graph_buckets().is_empty() && b.prefill_graph_buckets().is_empty() {
+        1
+    } else {
+        2
+    }
+}
 
-/// `WARMUP` then `reps` timed runs of `body` on a fresh sequence prefilled with `pre`.
+/// `warmups` then `reps` timed runs of `body` on a fresh sequence prefilled with `pre`.
 fn measure<B: Backend>(
     e: &mut Engine<B>,
     reps: usize,
@@ -207,7 +214,8 @@ fn measure<B: Backend>(
     mut body: impl FnMut(&mut Engine<B>, usize) -> Result<usize>,
 ) -> Result<Vec<f64>> {
     let mut out = Vec::new();
-    for rep in 0..reps.max(1) + WARMUP {
+    let warmup = warmups(&e.backend);
+    for rep in 0..reps.max(1) + warmup {
         let seq = e.new_seq();
         // The last chunk's greedy token waits for the device: without it a GPU would still be
         // prefilling the depth when the timer starts, and its tail would count against the test.
@@ -219,7 +227,7 @@ fn measure<B: Backend>(
         let n = body(e, seq)?;
         let secs = t.elapsed().as_secs_f64();
         e.free_seq(seq);
-        if rep >= WARMUP {
+        if rep >= warmup {
             out.push(n as f64 / secs);
         }
     }
